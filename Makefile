@@ -1,0 +1,36 @@
+# fsl_jax: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Use ../shared/tfds when it exists and TFDS_DATA_DIR is unset (offline copy).
+TFDS_DATA_DIR ?= $(if $(wildcard ../shared/tfds/omniglot),$(abspath ../shared/tfds),)
+export TFDS_DATA_DIR
+DEMO_DIR ?= workdirs/demo
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+# Installs torch's CPU wheel first (see BUILD.md), then the package editable
+# with test extras. Re-runs only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+demo: venv
+	$(PY) -m experiments.meta_train --config=experiments/configs/protonet_omniglot.py:demo \
+	  --workdir=$(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest -n 2 -q
+
+bench: venv
+	$(PY) benchmarks/meta_step.py --algo=protonet --ways=60 --shots=1 --queries=5 --meta_batch=1 --steps=20
+
+clean:
+	rm -rf $(VENV) workdirs *.egg-info

@@ -1,0 +1,1 @@
+"""Parameter-efficient tuning on frozen bases: masks, LoRA, prompts, adapters."""

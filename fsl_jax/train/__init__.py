@@ -1,0 +1,1 @@
+"""Training utilities: checkpoints, metric writers, the meta-training loop."""

@@ -1,0 +1,486 @@
+"""GPT-2 in Flax (linen), loading Hugging Face checkpoints, with a KV cache.
+
+Params are a plain dict whose paths mirror the Hugging Face names, e.g.
+'h_0/attn/c_attn/kernel' (GPT-2's `Conv1D` is stored [in, out], exactly a
+Dense kernel), 'wte/embedding', 'ln_f/scale'. The LM head is tied to `wte`.
+
+    config, params = gpt2.from_pretrained("/path/to/save_pretrained_dir")
+    model = gpt2.Gpt2(config)
+    logits_BxTxV, _ = model.apply({"params": params}, ids_BxT)
+    out_BxN = gpt2.generate(config, params, ids_BxT, mask_BxT, max_new_tokens=20)
+
+Cache: `init_cache(config, B, S)` -> {"layers": [{"k","v": BxSxHxK}], "mask": BxS,
+"index": int32 scalar, "next_pos": B}. Every leaf but `index` is batch-leading,
+so beam search can reorder it with one gather (see fsl_jax.text.decoding).
+Prefix tuning and soft prompts enter through `prefix_kv` / `inputs_embeds`
+and work with and without the cache (`generate(..., soft_prompt=, prefix_kv=)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsl_jax.models import hf_loading
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpt2Config:
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  n_inner: Optional[int] = None  # None: 4 * n_embd
+  activation: str = "gelu_new"
+  layer_norm_epsilon: float = 1e-5
+  dropout: float = 0.1  # embd / resid / attn dropout; only when deterministic=False
+  dtype: str = "float32"  # compute dtype; "bfloat16" for speed on GPU/TPU
+  eos_token_id: int = 50256
+  name: str = "gpt2"
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+  @property
+  def inner(self) -> int:
+    return self.n_inner or 4 * self.n_embd
+
+  @property
+  def jnp_dtype(self):
+    return _DTYPES[self.dtype]
+
+  def replace(self, **kw) -> "Gpt2Config":
+    return dataclasses.replace(self, **kw)
+
+  # Published sizes (openai-community/* and distilbert/distilgpt2).
+  @classmethod
+  def small(cls, **kw):
+    return cls(**{"name": "gpt2", **kw})
+
+  @classmethod
+  def medium(cls, **kw):
+    return cls(**{"n_embd": 1024, "n_layer": 24, "n_head": 16, "name": "gpt2-medium", **kw})
+
+  @classmethod
+  def large(cls, **kw):
+    return cls(**{"n_embd": 1280, "n_layer": 36, "n_head": 20, "name": "gpt2-large", **kw})
+
+  @classmethod
+  def xl(cls, **kw):
+    return cls(**{"n_embd": 1600, "n_layer": 48, "n_head": 25, "name": "gpt2-xl", **kw})
+
+  @classmethod
+  def distil(cls, **kw):
+    return cls(**{"n_layer": 6, "name": "distilgpt2", **kw})
+
+  @classmethod
+  def tiny(cls, **kw):
+    """For tests and smoke runs: 2 layers, width 64, the real vocabulary."""
+    return cls(**{"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256,
+                  "name": "gpt2-tiny", **kw})
+
+  @classmethod
+  def preset(cls, name: str, **kw) -> "Gpt2Config":
+    table = {"gpt2": cls.small, "gpt2-medium": cls.medium, "gpt2-large": cls.large,
+             "gpt2-xl": cls.xl, "distilgpt2": cls.distil, "gpt2-tiny": cls.tiny}
+    key = name.split("/")[-1]
+    if key not in table:
+      raise ValueError(f"Unknown GPT-2 preset {name!r}; choose one of {sorted(table)}.")
+    return table[key](**kw)
+
+  @classmethod
+  def from_hf(cls, hf: dict, **kw) -> "Gpt2Config":
+    """From a Hugging Face config.json dict; refuses other architectures."""
+    model_type = hf.get("model_type")
+    if model_type != "gpt2":
+      raise ValueError(f"Checkpoint config has model_type={model_type!r}; this loader "
+                       f"reads GPT-2 only (model_type='gpt2'). Use the port for "
+                       f"{model_type!r} instead.")
+    for flag, ok in (("scale_attn_by_inverse_layer_idx", False),
+                     ("reorder_and_upcast_attn", False), ("add_cross_attention", False),
+                     ("scale_attn_weights", True), ("tie_word_embeddings", True)):
+      if hf.get(flag, ok) != ok:
+        raise ValueError(f"GPT-2 checkpoint sets {flag}={hf[flag]!r}; only {ok!r} is supported.")
+    eos = hf.get("eos_token_id", 50256)
+    eos = eos[0] if isinstance(eos, list) else eos
+    return cls(**{
+        "vocab_size": hf["vocab_size"], "n_positions": hf.get("n_positions", 1024),
+        "n_embd": hf["n_embd"], "n_layer": hf["n_layer"], "n_head": hf["n_head"],
+        "n_inner": hf.get("n_inner"), "activation": hf.get("activation_function", "gelu_new"),
+        "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
+        "dropout": hf.get("resid_pdrop", 0.1),
+        "eos_token_id": 50256 if eos is None else int(eos),
+        "name": hf.get("_name_or_path") or "gpt2", **kw})
+
+
+_ACTS = {"gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+         "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+         "gelu": functools.partial(jax.nn.gelu, approximate=False),
+         "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu}
+
+
+def _dense(features, name, dtype):
+  init = nn.initializers.normal(0.02)
+  return nn.Dense(features, name=name, dtype=dtype, kernel_init=init)
+
+
+class Attention(nn.Module):
+  config: Gpt2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache=None, index=None, prefix_kv=None,
+               deterministic=True):
+    c = self.config
+    b, t, _ = x_BxTxD.shape
+    qkv_BxTx3D = _dense(3 * c.n_embd, "c_attn", c.jnp_dtype)(x_BxTxD)
+    q, k, v = jnp.split(qkv_BxTx3D, 3, axis=-1)
+    shape = (b, t, c.n_head, c.head_dim)
+    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (a.reshape(shape) for a in (q, k, v))
+    new_cache = None
+    if layer_cache is not None:
+      k_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["k"], k_BxTxHxK.astype(layer_cache["k"].dtype), index, axis=1)
+      v_BxSxHxK = jax.lax.dynamic_update_slice_in_dim(
+          layer_cache["v"], v_BxTxHxK.astype(layer_cache["v"].dtype), index, axis=1)
+      new_cache = {"k": k_BxSxHxK, "v": v_BxSxHxK}
+    elif prefix_kv is not None:
+      pk, pv = (jnp.broadcast_to(a, (b,) + a.shape[-3:]).astype(k_BxTxHxK.dtype)
+                for a in (prefix_kv["k"], prefix_kv["v"]))
+      k_BxSxHxK = jnp.concatenate([pk, k_BxTxHxK], axis=1)
+      v_BxSxHxK = jnp.concatenate([pv, v_BxTxHxK], axis=1)
+    else:
+      k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
+    scale = 1.0 / np.sqrt(c.head_dim)
+    s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK * jnp.asarray(scale, q.dtype),
+                           k_BxSxHxK.astype(q.dtype))
+    s_BxHxTxS = s_BxHxTxS.astype(jnp.float32)
+    s_BxHxTxS = jnp.where(mask_BxTxS[:, None], s_BxHxTxS, jnp.finfo(jnp.float32).min)
+    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(c.jnp_dtype)
+    if not deterministic and c.dropout > 0:
+      p_BxHxTxS = nn.Dropout(c.dropout)(p_BxHxTxS, deterministic=False)
+    o_BxTxHxK = jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK.astype(c.jnp_dtype))
+    out = _dense(c.n_embd, "c_proj", c.jnp_dtype)(o_BxTxHxK.reshape(b, t, c.n_embd))
+    return out, new_cache
+
+
+class Block(nn.Module):
+  config: Gpt2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_BxTxS, layer_cache=None, index=None, prefix_kv=None,
+               deterministic=True):
+    c = self.config
+    ln = functools.partial(nn.LayerNorm, epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype)
+    drop = lambda y: (y if deterministic or c.dropout == 0
+                      else nn.Dropout(c.dropout)(y, deterministic=False))
+    h, new_cache = Attention(c, name="attn")(ln(name="ln_1")(x_BxTxD), mask_BxTxS, layer_cache,
+                                             index, prefix_kv, deterministic)
+    x_BxTxD = x_BxTxD + drop(h)
+    h = ln(name="ln_2")(x_BxTxD)
+    x_BxTxD = x_BxTxD + drop(Mlp(c, name="mlp")(h))
+    return x_BxTxD, new_cache
+
+
+class Mlp(nn.Module):
+  config: Gpt2Config
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    c = self.config
+    h = _dense(c.inner, "c_fc", c.jnp_dtype)(x_BxTxD)
+    return _dense(c.n_embd, "c_proj", c.jnp_dtype)(_ACTS[c.activation](h))
+
+
+def positions_from_mask(mask_BxT: jax.Array, start_B: jax.Array | int = 0) -> jax.Array:
+  """Position ids that skip padding (as transformers' generate): start + cumsum - 1."""
+  pos = jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1
+  pos = jnp.where(mask_BxT.astype(bool), pos, 1)
+  return pos + jnp.asarray(start_B, jnp.int32).reshape(-1, 1)
+
+
+class Gpt2(nn.Module):
+  """GPT-2 LM. `__call__` returns (logits_BxTxV float32, new cache or None)."""
+  config: Gpt2Config
+
+  def setup(self):
+    c = self.config
+    init = nn.initializers.normal(0.02)
+    self.wte = nn.Embed(c.vocab_size, c.n_embd, embedding_init=init, name="wte")
+    self.wpe = nn.Embed(c.n_positions, c.n_embd, embedding_init=nn.initializers.normal(0.01),
+                        name="wpe")
+    self.h = [Block(c, name=f"h_{i}") for i in range(c.n_layer)]
+    self.ln_f = nn.LayerNorm(epsilon=c.layer_norm_epsilon, dtype=c.jnp_dtype, name="ln_f")
+    self.drop = nn.Dropout(c.dropout)
+
+  def embed(self, ids_BxT: jax.Array) -> jax.Array:
+    return self.wte(ids_BxT)
+
+  def __call__(self, input_ids_BxT=None, *, inputs_embeds_BxTxD=None, positions_BxT=None,
+               attention_mask_BxT=None, cache=None, prefix_kv=None, deterministic=True,
+               return_hidden=False):
+    """One forward pass.
+
+    input_ids_BxT or inputs_embeds_BxTxD: the new tokens.
+    attention_mask_BxT: 1 for real tokens, 0 for (left) padding; default all 1.
+    positions_BxT: default arange(T) uncached, `cache["next_pos"]` + offsets cached.
+    cache: from `init_cache`; the T new keys/values go to slots [index, index+T).
+    prefix_kv: per-layer [{"k","v": (B|1)xPxHxK}] always-visible keys (prefix
+      tuning) when running without a cache; with a cache, put them in via
+      `init_cache(prefix_kv=...)`.
+    """
+    c = self.config
+    if inputs_embeds_BxTxD is None:
+      inputs_embeds_BxTxD = self.wte(input_ids_BxT)
+    b, t, _ = inputs_embeds_BxTxD.shape
+    if attention_mask_BxT is None:
+      attention_mask_BxT = jnp.ones((b, t), jnp.bool_)
+    attention_mask_BxT = attention_mask_BxT.astype(jnp.bool_)
+    index = None
+    if cache is not None:
+      index = cache["index"]
+      if positions_BxT is None:
+        positions_BxT = positions_from_mask(attention_mask_BxT, cache["next_pos"])
+      slots_mask_BxS = jax.lax.dynamic_update_slice_in_dim(
+          cache["mask"], attention_mask_BxT, index, axis=1)
+      s = slots_mask_BxS.shape[1]
+      causal_TxS = jnp.arange(s)[None, :] <= index + jnp.arange(t)[:, None]
+      mask_BxTxS = slots_mask_BxS[:, None, :] & causal_TxS[None]
+    else:
+      if positions_BxT is None:
+        positions_BxT = jnp.broadcast_to(jnp.arange(t), (b, t))
+      causal_TxT = jnp.tril(jnp.ones((t, t), jnp.bool_))
+      mask_BxTxS = attention_mask_BxT[:, None, :] & causal_TxT[None]
+      if prefix_kv is not None:
+        p = prefix_kv[0]["k"].shape[-3]
+        mask_BxTxS = jnp.concatenate([jnp.ones((b, t, p), jnp.bool_), mask_BxTxS], axis=-1)
+    x_BxTxD = (inputs_embeds_BxTxD + self.wpe(positions_BxT)).astype(c.jnp_dtype)
+    if not deterministic and c.dropout > 0:
+      x_BxTxD = self.drop(x_BxTxD, deterministic=False)
+    new_layers = []
+    for i, block in enumerate(self.h):
+      layer_cache = cache["layers"][i] if cache is not None else None
+      layer_prefix = prefix_kv[i] if (prefix_kv is not None and cache is None) else None
+      x_BxTxD, nc = block(x_BxTxD, mask_BxTxS, layer_cache, index, layer_prefix, deterministic)
+      new_layers.append(nc)
+    x_BxTxD = self.ln_f(x_BxTxD)
+    logits_BxTxV = self.wte.attend(x_BxTxD).astype(jnp.float32)
+    new_cache = None
+    if cache is not None:
+      new_cache = {"layers": new_layers, "mask": slots_mask_BxS, "index": index + t,
+                   "next_pos": jnp.max(positions_BxT, axis=-1) + 1}
+    if return_hidden:
+      return logits_BxTxV, new_cache, x_BxTxD
+    return logits_BxTxV, new_cache
+
+
+def init_cache(config: Gpt2Config, batch: int, max_len: int, prefix_kv=None,
+               dtype=None) -> dict:
+  """An empty cache of `max_len` slots; a prefix (P slots) is written first."""
+  dtype = dtype or config.jnp_dtype
+  shape = (batch, max_len, config.n_head, config.head_dim)
+  layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+            for _ in range(config.n_layer)]
+  mask = jnp.zeros((batch, max_len), jnp.bool_)
+  index = jnp.zeros((), jnp.int32)
+  if prefix_kv is not None:
+    p = prefix_kv[0]["k"].shape[-3]
+    if p >= max_len:
+      raise ValueError(f"Prefix of {p} tokens does not fit a cache of {max_len} slots.")
+    for layer, pre in zip(layers, prefix_kv):
+      for n in ("k", "v"):
+        val = jnp.broadcast_to(pre[n], (batch,) + pre[n].shape[-3:]).astype(dtype)
+        layer[n] = layer[n].at[:, :p].set(val)
+    mask = mask.at[:, :p].set(True)
+    index = jnp.asarray(p, jnp.int32)
+  return {"layers": layers, "mask": mask, "index": index,
+          "next_pos": jnp.zeros((batch,), jnp.int32)}
+
+
+def init_params(config: Gpt2Config, key: jax.Array) -> dict:
+  """Random GPT-2 weights (N(0, 0.02) kernels, unit LayerNorms)."""
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return Gpt2(config).init(key, ids)["params"]
+
+
+# ---------------------------------------------------------------- HF loading
+
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".crossattention.bias")
+
+
+def params_from_state_dict(state: dict[str, np.ndarray], config: Gpt2Config,
+                           dtype=jnp.float32) -> dict:
+  """Maps HF GPT-2 tensor names to our params; checks every shape."""
+  state = hf_loading.strip_prefix(state, ["transformer."])
+  state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
+  lm_head = state.pop("lm_head.weight", None)
+  if not any(k.startswith("h.0.") for k in state):
+    raise ValueError(f"Not a GPT-2 checkpoint: no 'h.0.*' tensors (found e.g. "
+                     f"{sorted(state)[:5]}).")
+  used = set()
+
+  def take(name, shape):
+    if name not in state:
+      raise ValueError(f"GPT-2 checkpoint lacks {name!r}; is it a GPT-2 model with "
+                       f"n_layer={config.n_layer}?")
+    arr = state[name]
+    if tuple(arr.shape) != tuple(shape):
+      raise ValueError(f"{name} has shape {tuple(arr.shape)} but {config.name} "
+                       f"(n_embd={config.n_embd}, n_layer={config.n_layer}, vocab="
+                       f"{config.vocab_size}) expects {tuple(shape)}: the checkpoint is of "
+                       f"another size; pass its own config.")
+    used.add(name)
+    return jnp.asarray(arr, dtype)
+
+  d, f = config.n_embd, config.inner
+  ln = lambda n: {"scale": take(f"{n}.weight", (d,)), "bias": take(f"{n}.bias", (d,))}
+  # Conv1D weights are [in, out]: the Dense layout, no transpose.
+  lin = lambda n, i, o: {"kernel": take(f"{n}.weight", (i, o)), "bias": take(f"{n}.bias", (o,))}
+  params = {"wte": {"embedding": take("wte.weight", (config.vocab_size, d))},
+            "wpe": {"embedding": take("wpe.weight", (config.n_positions, d))},
+            "ln_f": ln("ln_f")}
+  for i in range(config.n_layer):
+    p = f"h.{i}"
+    params[f"h_{i}"] = {
+        "ln_1": ln(f"{p}.ln_1"), "ln_2": ln(f"{p}.ln_2"),
+        "attn": {"c_attn": lin(f"{p}.attn.c_attn", d, 3 * d),
+                 "c_proj": lin(f"{p}.attn.c_proj", d, d)},
+        "mlp": {"c_fc": lin(f"{p}.mlp.c_fc", d, f), "c_proj": lin(f"{p}.mlp.c_proj", f, d)}}
+  extra = sorted(set(state) - used)
+  if extra:
+    raise ValueError(f"GPT-2 checkpoint has tensors this config does not use: {extra[:6]}"
+                     f"{' ...' if len(extra) > 6 else ''} (more layers than n_layer="
+                     f"{config.n_layer}?).")
+  if lm_head is not None and not np.array_equal(lm_head, state["wte.weight"]):
+    raise ValueError("lm_head.weight differs from wte.weight; GPT-2 ties them and this "
+                     "port supports tied heads only.")
+  return params
+
+
+def from_pretrained(path_or_id: str, config: Gpt2Config | None = None,
+                    dtype: str = "float32", param_dtype=jnp.float32
+                    ) -> tuple[Gpt2Config, dict]:
+  """(config, params) from a save_pretrained directory or a hub id (online).
+
+  When `config` is given (e.g. `Gpt2Config.medium()`), the checkpoint must
+  match it; otherwise the checkpoint's own config.json is used.
+  """
+  directory = hf_loading.resolve(path_or_id)
+  ckpt_config = Gpt2Config.from_hf(hf_loading.load_config(directory), dtype=dtype)
+  if config is not None:
+    fields = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "inner")
+    diff = {f: (getattr(ckpt_config, f), getattr(config, f)) for f in fields
+            if getattr(ckpt_config, f) != getattr(config, f)}
+    if diff:
+      raise ValueError(f"Checkpoint {path_or_id!r} does not match config {config.name!r}: "
+                       + ", ".join(f"{k}={a} in checkpoint vs {b} expected"
+                                   for k, (a, b) in diff.items()))
+    ckpt_config = config.replace(dtype=dtype)
+  state = hf_loading.load_state_dict(directory)
+  return ckpt_config, params_from_state_dict(state, ckpt_config, param_dtype)
+
+
+# ---------------------------------------------------------------- generation
+
+def lm_logits(config: Gpt2Config, params, ids_BxT, mask_BxT=None, **kw):
+  """Uncached logits (float32), positions skipping left padding."""
+  if mask_BxT is not None and "positions_BxT" not in kw:
+    kw["positions_BxT"] = positions_from_mask(mask_BxT)
+  return Gpt2(config).apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxT, **kw)[0]
+
+
+def prefill(config: Gpt2Config, params, ids_BxT, mask_BxT, max_new_tokens: int,
+            soft_prompt_PxD=None, prefix_kv=None):
+  """Runs the prompt (after optional soft prompt) into a fresh cache.
+
+  Returns (last logits BxV, cache). The cache has room for the prompt, the
+  soft prompt or prefix and `max_new_tokens`.
+  """
+  model = Gpt2(config)
+  b, t = ids_BxT.shape
+  mask_BxT = jnp.ones((b, t), jnp.bool_) if mask_BxT is None else mask_BxT.astype(jnp.bool_)
+  embeds_BxTxD = model.apply({"params": params}, ids_BxT, method=Gpt2.embed)
+  if soft_prompt_PxD is not None:
+    p = soft_prompt_PxD.shape[0]
+    prompt_BxPxD = jnp.broadcast_to(soft_prompt_PxD.astype(embeds_BxTxD.dtype),
+                                    (b, p, embeds_BxTxD.shape[-1]))
+    embeds_BxTxD = jnp.concatenate([prompt_BxPxD, embeds_BxTxD], axis=1)
+    mask_BxT = jnp.concatenate([jnp.ones((b, p), jnp.bool_), mask_BxT], axis=1)
+  n_prefix = 0 if prefix_kv is None else prefix_kv[0]["k"].shape[-3]
+  slots = n_prefix + embeds_BxTxD.shape[1] + max_new_tokens
+  cache = init_cache(config, b, slots, prefix_kv=prefix_kv)
+  logits_BxTxV, cache = model.apply({"params": params}, inputs_embeds_BxTxD=embeds_BxTxD,
+                                    attention_mask_BxT=mask_BxT, cache=cache)
+  return logits_BxTxV[:, -1], cache
+
+
+def step_fn(config: Gpt2Config, params):
+  """The decoding step: (tokens_B, cache) -> (logits_BxV, cache)."""
+  model = Gpt2(config)
+
+  def step(tokens_B, cache):
+    logits_Bx1xV, cache = model.apply({"params": params}, tokens_B[:, None], cache=cache)
+    return logits_Bx1xV[:, 0], cache
+  return step
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping",
+    "eos_id", "pad_id"))
+def _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv, *,
+              max_new_tokens, method, eos_id, pad_id, temperature, top_k, top_p,
+              num_beams, length_penalty, early_stopping):
+  from fsl_jax.text import decoding  # pylint: disable=import-outside-toplevel
+  logits_BxV, cache = prefill(config, params, ids_BxT, mask_BxT, max_new_tokens,
+                              soft_prompt_PxD, prefix_kv)
+  step = step_fn(config, params)
+  if method == "greedy":
+    return decoding.greedy(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id)
+  if method == "sample":
+    return decoding.sample(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id, rng,
+                           temperature=temperature, top_k=top_k, top_p=top_p)
+  if method == "beam":
+    return decoding.beam_search(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id,
+                                num_beams=num_beams, length_penalty=length_penalty,
+                                early_stopping=early_stopping)[0]
+  raise ValueError(f"Unknown decoding method {method!r}; use greedy, sample or beam.")
+
+
+def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens: int = 20,
+             method: str = "greedy", *, eos_id: int | None = -1, pad_id: int | None = None,
+             rng=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             num_beams: int = 4, length_penalty: float = 1.0, early_stopping=False,
+             soft_prompt_PxD=None, prefix_kv=None) -> jax.Array:
+  """New tokens BxN (N = max_new_tokens), `pad_id` after EOS; jitted, KV-cached.
+
+  Prompts are left-padded (mask 0 on the left). eos_id=-1 means the config's
+  EOS; None never stops. pad_id defaults to the EOS id (as transformers).
+  """
+  eos_id = config.eos_token_id if eos_id == -1 else eos_id
+  pad_id = (eos_id if eos_id is not None else 0) if pad_id is None else pad_id
+  ids_BxT = jnp.asarray(ids_BxT, jnp.int32)
+  mask_BxT = jnp.ones_like(ids_BxT, jnp.bool_) if mask_BxT is None else jnp.asarray(mask_BxT, bool)
+  rng = jax.random.key(0) if rng is None else rng
+  return _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv,
+                   max_new_tokens=int(max_new_tokens), method=method,
+                   eos_id=-1 if eos_id is None else int(eos_id), pad_id=int(pad_id),
+                   temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                   num_beams=int(num_beams), length_penalty=float(length_penalty),
+                   early_stopping=early_stopping)
+
+
+def lm_loss(logits_BxTxV, targets_BxT, weights_BxT):
+  """Mean token cross-entropy over weighted positions (float32)."""
+  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  nll_BxT = -jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
+  w = weights_BxT.astype(jnp.float32)
+  return jnp.sum(nll_BxT * w) / jnp.maximum(jnp.sum(w), 1.0)

@@ -1,0 +1,1 @@
+"""Text generation and data: decoding, dialogue readers, LM tuning."""

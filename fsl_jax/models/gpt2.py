@@ -391,11 +391,15 @@ def from_pretrained(path_or_id: str, config: Gpt2Config | None = None,
 
 # ---------------------------------------------------------------- generation
 
-def lm_logits(config: Gpt2Config, params, ids_BxT, mask_BxT=None, **kw):
-  """Uncached logits (float32), positions skipping left padding."""
-  if mask_BxT is not None and "positions_BxT" not in kw:
-    kw["positions_BxT"] = positions_from_mask(mask_BxT)
-  return Gpt2(config).apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxT, **kw)[0]
+@functools.partial(jax.jit, static_argnames=("config",))
+def lm_logits(config: Gpt2Config, params, ids_BxT, mask_BxT=None, positions_BxT=None,
+              prefix_kv=None, inputs_embeds_BxTxD=None):
+  """Jitted uncached logits (float32); positions skip left padding by default."""
+  if mask_BxT is not None and positions_BxT is None:
+    positions_BxT = positions_from_mask(mask_BxT)
+  return Gpt2(config).apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxT,
+                            positions_BxT=positions_BxT, prefix_kv=prefix_kv,
+                            inputs_embeds_BxTxD=inputs_embeds_BxTxD)[0]
 
 
 def prefill(config: Gpt2Config, params, ids_BxT, mask_BxT, max_new_tokens: int,
@@ -434,8 +438,7 @@ def step_fn(config: Gpt2Config, params):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping",
-    "eos_id", "pad_id"))
+    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping"))
 def _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv, *,
               max_new_tokens, method, eos_id, pad_id, temperature, top_k, top_p,
               num_beams, length_penalty, early_stopping):
@@ -472,7 +475,7 @@ def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens:
   rng = jax.random.key(0) if rng is None else rng
   return _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv,
                    max_new_tokens=int(max_new_tokens), method=method,
-                   eos_id=-1 if eos_id is None else int(eos_id), pad_id=int(pad_id),
+                   eos_id=jnp.int32(-1 if eos_id is None else eos_id), pad_id=jnp.int32(pad_id),
                    temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                    num_beams=int(num_beams), length_penalty=float(length_penalty),
                    early_stopping=early_stopping)

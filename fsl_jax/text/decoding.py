@@ -12,7 +12,8 @@ index) are left alone. All loops are `lax.while_loop`s with static shapes and
 stop early once every sequence has emitted EOS, so they jit whole.
 
 Outputs are [B, max_new_tokens] int32, `pad_id` after EOS (EOS itself kept).
-`eos_id < 0` disables stopping. Beam search follows transformers' `generate`
+`eos_id < 0` disables stopping; eos_id and pad_id may be traced. Beam search
+follows transformers' `generate`
 (num_beams, length_penalty, early_stopping True/False/"never"): the same
 2*num_beams candidate pool, finished-hypothesis scores
 sum_logprobs / generated_len ** length_penalty, and the same stop heuristic.
@@ -44,8 +45,7 @@ def _loop(step: StepFn, state, first_logits_BxV, max_new_tokens, eos_id, pad_id,
     tok_B = choose(logits_BxV, i).astype(jnp.int32)
     tok_B = jnp.where(done_B, pad_id, tok_B)
     out_BxN = jax.lax.dynamic_update_slice_in_dim(out_BxN, tok_B[:, None], i, axis=1)
-    if eos_id >= 0:
-      done_B = done_B | (tok_B == eos_id)
+    done_B = done_B | ((tok_B == eos_id) & (eos_id >= 0))
     # The last token needs no forward pass.
     logits_BxV, state = jax.lax.cond(
         i + 1 < max_new_tokens, lambda s: step(tok_B, s), lambda s: (logits_BxV, s), state)
@@ -145,8 +145,7 @@ def beam_search(step: StepFn, state, first_logits_BxV, max_new_tokens: int, eos_
     topk_seq_BxKxN = _take(c["running"], beam_BxK)
     topk_seq_BxKxN = topk_seq_BxKxN.at[:, :, t].set(tok_BxK)
     hits_BxK = jnp.broadcast_to(t + 1 >= n, (b, k))
-    if eos_id >= 0:
-      hits_BxK = hits_BxK | (tok_BxK == eos_id)
+    hits_BxK = hits_BxK | ((tok_BxK == eos_id) & (eos_id >= 0))
     # Running beams: best num_beams that did not finish.
     run_lp_BxK = topk_lp_BxK + hits_BxK.astype(jnp.float32) * NEG
     next_BxM = jax.lax.top_k(run_lp_BxK, nb)[1]

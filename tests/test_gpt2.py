@@ -1,0 +1,185 @@
+"""GPT-2 port vs transformers' PyTorch GPT2LMHeadModel (random weights, real width)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from fsl_jax.models import gpt2  # pylint: disable=wrong-import-position
+
+PROMPT_LEN = 12
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  """A 2-layer GPT-2 in the real gpt2 width (768) and vocabulary (50257)."""
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2)).eval()
+  path = tmp_path_factory.mktemp("gpt2") / "ckpt"
+  model.save_pretrained(path)
+  config, params = gpt2.from_pretrained(str(path))
+  return {"torch": model, "path": str(path), "config": config, "params": params}
+
+
+def _batch():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 50000, (2, PROMPT_LEN))
+  mask = np.ones_like(ids)
+  mask[1, :4] = 0  # left padding
+  ids[1, :4] = 50256
+  return ids, mask
+
+
+def _hf_generate(model, ids, mask, **kw):
+  with torch.no_grad():
+    out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                         pad_token_id=50256, **kw)
+  return out.numpy()[:, ids.shape[1]:]
+
+
+def test_checkpoint_layout(ckpt):
+  assert "model.safetensors" in os.listdir(ckpt["path"])
+  c = ckpt["config"]
+  assert (c.n_embd, c.vocab_size, c.n_layer, c.n_head) == (768, 50257, 2, 12)
+  assert ckpt["params"]["h_0"]["attn"]["c_attn"]["kernel"].shape == (768, 2304)
+
+
+def test_logits_parity_fp32(ckpt):
+  ids, mask = _batch()
+  with torch.no_grad():
+    ref = ckpt["torch"](torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+  # transformers numbers positions 0.. regardless of padding in a plain forward.
+  pos = np.broadcast_to(np.arange(PROMPT_LEN), ids.shape)
+  ours = np.asarray(gpt2.lm_logits(ckpt["config"], ckpt["params"], jnp.asarray(ids),
+                                   jnp.asarray(mask), positions_BxT=jnp.asarray(pos)))
+  err = np.abs(ref - ours)[mask.astype(bool)].max()
+  assert err < 1e-4, err
+
+
+def test_greedy_20_tokens_match_transformers_generate(ckpt):
+  ids, mask = _batch()
+  ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=20, do_sample=False)
+  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=20))
+  assert ref.shape == (2, 20)
+  np.testing.assert_array_equal(ours, ref)
+
+
+def test_eos_stops_and_pads_like_transformers(ckpt):
+  ids, mask = _batch()
+  free = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
+                                  max_new_tokens=20, eos_id=None))
+  eos = int(free[0, 6])  # a token example 0 emits mid-way
+  ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=20, do_sample=False,
+                     eos_token_id=eos)
+  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
+                                  max_new_tokens=20, eos_id=eos, pad_id=50256))
+  first = list(ours[0]).index(eos)
+  assert (ours[0, first + 1:] == 50256).all()
+  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
+  assert (ours[:, ref.shape[1]:] == 50256).all()
+
+
+@pytest.mark.parametrize("kw", [dict(num_beams=3, length_penalty=1.0, early_stopping=False),
+                                dict(num_beams=2, length_penalty=0.5, early_stopping=True)])
+def test_beam_search_matches_transformers(ckpt, kw):
+  ids, mask = _batch()
+  free = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
+                                  max_new_tokens=20, eos_id=None))
+  eos = int(free[1, 3])
+  ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=10, do_sample=False,
+                     eos_token_id=eos, **kw)
+  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=10,
+                                  method="beam", eos_id=eos, pad_id=50256, **kw))
+  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
+
+
+def _teacher_forced_argmax(config, params, ids, mask, new):
+  """Uncached greedy check: argmax of one full forward over prompt + new tokens."""
+  seq = jnp.concatenate([jnp.asarray(ids), jnp.asarray(new)], axis=1)
+  m = jnp.concatenate([jnp.asarray(mask), jnp.ones(new.shape, jnp.int32)], axis=1)
+  logits = gpt2.lm_logits(config, params, seq, m)
+  return np.asarray(jnp.argmax(logits[:, ids.shape[1] - 1:-1], axis=-1))
+
+
+def test_cached_equals_uncached(ckpt):
+  config, params = ckpt["config"], ckpt["params"]
+  ids, mask = _batch()
+  cached = np.asarray(gpt2.generate(config, params, ids, mask, max_new_tokens=20, eos_id=None))
+  np.testing.assert_array_equal(_teacher_forced_argmax(config, params, ids, mask, cached), cached)
+  # Cached prefill logits equal uncached logits of the same position.
+  last, _ = gpt2.prefill(config, params, jnp.asarray(ids), jnp.asarray(mask), 4)
+  full = gpt2.lm_logits(config, params, jnp.asarray(ids), jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-4)
+
+
+def test_sampling_is_seeded_and_topk1_is_greedy(ckpt):
+  config, params = ckpt["config"], ckpt["params"]
+  ids, mask = _batch()
+  k1 = np.asarray(gpt2.generate(config, params, ids, mask, max_new_tokens=5, method="sample",
+                                top_k=1, eos_id=None, rng=jax.random.key(3)))
+  np.testing.assert_array_equal(_teacher_forced_argmax(config, params, ids, mask, k1), k1)
+  a, b, c = (gpt2.generate(config, params, ids, mask, max_new_tokens=5, method="sample",
+                           temperature=2.0, top_p=0.9, eos_id=None, rng=jax.random.key(s))
+             for s in (1, 1, 2))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_sharded_safetensors_and_pytorch_bin(ckpt, tmp_path):
+  ref = ckpt["params"]
+  sharded = tmp_path / "sharded"
+  ckpt["torch"].save_pretrained(sharded, max_shard_size="60MB")
+  assert (sharded / "model.safetensors.index.json").exists()
+  binary = tmp_path / "bin"
+  ckpt["torch"].config.save_pretrained(binary)
+  torch.save(ckpt["torch"].state_dict(), binary / "pytorch_model.bin")
+  for path in (sharded, binary):
+    _, params = gpt2.from_pretrained(str(path))
+    jax.tree.map(np.testing.assert_array_equal, params, ref)
+
+
+def test_mismatched_checkpoints_name_the_problem(ckpt, tmp_path):
+  with pytest.raises(ValueError, match="n_layer=2 in checkpoint vs 24 expected"):
+    gpt2.from_pretrained(ckpt["path"], config=gpt2.Gpt2Config.medium())
+  other = tmp_path / "bert"
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+  with pytest.raises(ValueError, match="model_type='bert'"):
+    gpt2.from_pretrained(str(other))
+  state = {k: v.numpy() for k, v in ckpt["torch"].state_dict().items()}
+  with pytest.raises(ValueError, match="another size"):
+    gpt2.params_from_state_dict(state, gpt2.Gpt2Config.small(n_layer=2, n_embd=1024, n_head=16))
+  with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
+    gpt2.from_pretrained(str(tmp_path / "missing"))
+
+
+def test_bf16_runs_close_to_fp32(ckpt):
+  ids, _ = _batch()
+  f32 = gpt2.lm_logits(ckpt["config"], ckpt["params"], jnp.asarray(ids))
+  cfg16 = ckpt["config"].replace(dtype="bfloat16")
+  p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), ckpt["params"])
+  b16 = gpt2.lm_logits(cfg16, p16, jnp.asarray(ids))
+  assert b16.dtype == jnp.float32
+  # Same top-1 on most positions; bf16 keeps ~3 significant digits.
+  agree = np.mean(np.argmax(np.asarray(f32), -1) == np.argmax(np.asarray(b16), -1))
+  assert agree > 0.8, agree
+
+
+def test_presets():
+  assert gpt2.Gpt2Config.preset("gpt2-xl").n_embd == 1600
+  assert gpt2.Gpt2Config.preset("openai-community/gpt2-large").n_layer == 36
+  assert gpt2.Gpt2Config.preset("distilgpt2").n_layer == 6
+  with pytest.raises(ValueError, match="choose one of"):
+    gpt2.Gpt2Config.preset("gpt3")
+
+
+def test_real_gpt2_tokenizer_loads_offline(shared_dir):
+  tok = transformers.AutoTokenizer.from_pretrained(str(shared_dir / "data/tokenizers/gpt2"))
+  assert tok("Hello world")["input_ids"] == [15496, 995]
+  assert len(tok) == 50257

@@ -1,0 +1,292 @@
+"""Translation tuning: full / adapter / LoRA training, BLEU and chrF evaluation.
+
+`train_and_evaluate(config, workdir)` is the library side of
+`experiments.adapter_tune`: it reads parallel text (aligned files or TSV),
+optionally mixes in back-translated pairs, builds or loads the base model,
+trains (resuming from the latest checkpoint in `workdir`), translates the test
+set with batched beam search and scores it with sacreBLEU.
+
+`config.model` is a Hugging Face checkpoint directory / hub id of a Marian or
+mBART model, or `scratch`: a Marian-shaped model of `config.scratch` size with
+a SentencePiece vocabulary trained on the training text. Full training
+(`method=full`) exports the result as a Hugging Face directory
+(`workdir/model`) that transformers and this module both load, so a base
+trained here can be adapted, back-translated with and compared later.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fsl_jax.models import hf_loading, marian, mbart, seq2seq, seq2seq_hf
+from fsl_jax.peft import adapters, freeze
+from fsl_jax.text import seq2seq_generate as sg
+from fsl_jax.text import translation_data as td
+from fsl_jax.train.checkpoint import Checkpointer
+
+TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json",
+                   "sentencepiece.bpe.model", "tokenizer.json", "special_tokens_map.json")
+
+
+# ----------------------------------------------------------------------------- model I/O
+def load_model(path_or_id: str):
+  """(cfg, params) of a Marian or mBART checkpoint, by its config's model_type."""
+  directory = hf_loading.resolve(path_or_id, ["*.json", "*.safetensors", "*.spm", "*.model"])
+  family = hf_loading.load_config(directory).get("model_type")
+  if family not in ("marian", "mbart"):
+    raise ValueError(f"{path_or_id} is a {family!r} checkpoint; translation needs marian or mbart.")
+  return (marian if family == "marian" else mbart).load(directory)
+
+
+def load_tokenizer(path: str, config=None):
+  from transformers import AutoTokenizer, MarianTokenizer  # pylint: disable=import-outside-toplevel
+  if os.path.exists(os.path.join(path, "source.spm")):
+    return MarianTokenizer.from_pretrained(path)
+  kw = {}
+  if config is not None and config.get("src_lang"):
+    kw = {"src_lang": config.get("src_lang"), "tgt_lang": config.get("tgt_lang") or None}
+  return AutoTokenizer.from_pretrained(path, **kw)
+
+
+def export_hf(directory: str, cfg: seq2seq.Seq2SeqConfig, params, tokenizer_dir: str | None):
+  """Writes config.json + model.safetensors (+ tokenizer files): a save_pretrained layout."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  os.makedirs(directory, exist_ok=True)
+  hf = seq2seq_hf.config_to_hf(cfg)
+  hf["architectures"] = ["MarianMTModel" if cfg.family == "marian" else "MBartForConditionalGeneration"]
+  state = seq2seq_hf.state_dict_from_params(params, cfg)
+  state = {k: v for k, v in state.items() if "embed_tokens" not in k and k != "lm_head.weight"
+           or (k == "lm_head.weight" and not cfg.tie_word_embeddings)}
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()},
+            os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf, f, indent=1)
+  if tokenizer_dir:
+    for name in TOKENIZER_FILES:
+      if os.path.exists(os.path.join(tokenizer_dir, name)):
+        shutil.copy(os.path.join(tokenizer_dir, name), directory)
+
+
+def build_base(config, workdir: str, pairs: td.Pairs):
+  """(cfg, params, tokenizer, tokenizer_dir) from `config.model`."""
+  if config.model != "scratch":
+    cfg, params = load_model(config.model)
+    directory = hf_loading.resolve(config.model, ["*.json", "*.spm", "*.model"])
+    return cfg, params, load_tokenizer(directory, config), directory
+  if config.method != "full":
+    raise ValueError("model=scratch trains a new base: use method=full (adapters need a trained base).")
+  tok_dir = os.path.join(workdir, "tokenizer")
+  if not os.path.exists(os.path.join(tok_dir, "vocab.json")):
+    texts = [s for s, _ in pairs] + [t for _, t in pairs]
+    td.train_marian_tokenizer(texts, tok_dir, config.scratch.vocab_size,
+                              user_symbols=[config.bt_tag] if config.get("bt_tag") else ())
+  tok = load_tokenizer(tok_dir)
+  s = config.scratch
+  cfg = marian.config(vocab_size=len(tok.get_vocab()), d_model=s.d_model, layers=s.layers,
+                      heads=s.heads, ffn_dim=s.ffn_dim, max_positions=s.max_positions,
+                      dropout=s.dropout)
+  params = seq2seq.init_params(cfg, jax.random.PRNGKey(config.seed))
+  return cfg, params, tok, tok_dir
+
+
+# ----------------------------------------------------------------------------- training
+def token_loss(cfg, params, adapter_cfg, batch, rng, label_smoothing: float):
+  """Mean label-smoothed cross-entropy over target tokens."""
+  labels = batch["labels"]
+  dec_in = seq2seq.shift_right(cfg, labels)
+  logits = seq2seq.forward(cfg, params, batch["src_ids"], batch["src_mask"], dec_in,
+                           adapter_cfg=adapter_cfg, dropout_rng=rng)
+  v = logits.shape[-1]
+  target = optax.smooth_labels(jax.nn.one_hot(labels, v), label_smoothing)
+  ce = optax.softmax_cross_entropy(logits, target)
+  w = batch["label_mask"].astype(jnp.float32)
+  return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def params_fn(method: str, spec, lspec):
+  """trainable, base -> (params, adapter_cfg) for `method` (static)."""
+  if method == "full":
+    return lambda trainable, base: (trainable, None)
+  return lambda trainable, base: adapters.apply(base, trainable, spec, lspec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
+def train_step(cfg, merge, tx, trainable, opt_state, base, batch, rng, label_smoothing):
+  """One optimizer step on the trainable tree; `base` is never updated."""
+  def loss(t):
+    params, acfg = merge(t, base)
+    return token_loss(cfg, params, acfg, batch, rng, label_smoothing)
+  value, grads = jax.value_and_grad(loss)(trainable)
+  updates, opt_state = tx.update(grads, opt_state, trainable)
+  return optax.apply_updates(trainable, updates), opt_state, value
+
+
+class _Hashable:
+  """Wraps a closure / optax transform so jit can take it as a static argument."""
+
+  def __init__(self, fn, key):
+    self.fn, self.key = fn, key
+
+  def __call__(self, *a, **k):
+    return self.fn(*a, **k)
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, _Hashable) and self.key == other.key
+
+  def __getattr__(self, name):
+    return getattr(self.fn, name)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  sched = optax.warmup_cosine_decay_schedule(
+      0.0, config.lr, max(1, config.warmup_steps), max(config.steps, config.warmup_steps + 1),
+      end_value=config.lr * 0.1)
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(sched, b2=0.98, weight_decay=config.weight_decay))
+
+
+# ----------------------------------------------------------------------------- evaluation
+def translate(cfg, params, tok, sources: list[str], gen: sg.GenerationConfig,
+              adapter_cfg=None, batch_size: int = 32, max_len: int = 128,
+              progress: bool = False) -> list[str]:
+  """Batched beam-search translation, in input order."""
+  ids, _ = td.encode_pairs(tok, [(s, s) for s in sources], max_len)
+  order = np.argsort([len(x) for x in ids])
+  out = [""] * len(sources)
+  it = range(0, len(order), batch_size)
+  if progress:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    it = tqdm(it, desc="translate", unit="batch")
+  for i in it:
+    idx = order[i:i + batch_size]
+    chunk = [ids[j] for j in idx]
+    if len(chunk) < batch_size:  # constant batch shape: one compilation
+      chunk = chunk + [chunk[-1]] * (batch_size - len(chunk))
+    src, mask = td.pad_batch(chunk, cfg.pad_token_id)
+    gen_ids = sg.generate(cfg, params, src, mask, gen, adapter_cfg)
+    for j, row in zip(idx, gen_ids):
+      out[j] = tok.decode(sg.strip(row, cfg), skip_special_tokens=True)
+  return out
+
+
+def score(hyps: list[str], refs: list[str]) -> dict[str, float]:
+  import sacrebleu  # pylint: disable=import-outside-toplevel
+  return {"bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
+          "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)}
+
+
+def generation_config(config, cfg, tok) -> sg.GenerationConfig:
+  """Beam search options; mBART gets its target language id as forced BOS."""
+  forced_bos = None
+  if cfg.family == "mbart" and config.get("tgt_lang"):
+    forced_bos = tok.convert_tokens_to_ids(config.tgt_lang)
+  return sg.GenerationConfig(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
+                             length_penalty=config.length_penalty, forced_bos_token_id=forced_bos,
+                             bad_token_ids=(cfg.pad_token_id,))
+
+
+# ----------------------------------------------------------------------------- driver
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  os.makedirs(workdir, exist_ok=True)
+  rng_np = np.random.default_rng(config.seed)
+  real = td.load_pairs(config.train)
+  if config.max_train_pairs and len(real) > config.max_train_pairs:
+    real = [real[i] for i in sorted(rng_np.permutation(len(real))[:config.max_train_pairs])]
+  synthetic = td.load_pairs(config.bt_pairs) if config.get("bt_pairs") else []
+  pairs = td.mix(real, synthetic, config.bt_ratio, rng_np, config.get("bt_tag") or None) \
+      if synthetic else real
+  test = td.load_pairs(config.test)
+  if config.max_test_pairs:
+    test = test[:config.max_test_pairs]
+
+  cfg, base, tok, tok_dir = build_base(config, workdir, pairs)
+  if config.method == "full":
+    cfg = cfg.replace(dropout=config.dropout)
+  src, tgt = td.encode_pairs(tok, pairs, config.max_len)
+  sampler = td.BatchSampler(src, tgt, config.batch_size, cfg.pad_token_id, config.seed, config.max_len)
+  gen = generation_config(config, cfg, tok)
+
+  result: dict[str, Any] = {"method": config.method}
+  refs = [t for _, t in test]
+  if config.eval_base and config.model != "scratch":
+    hyps = translate(cfg, base, tok, [s for s, _ in test], gen, None, config.eval_batch_size,
+                     config.max_len)
+    result.update({f"base_{k}": v for k, v in score(hyps, refs).items()})
+
+  key = jax.random.PRNGKey(config.seed)
+  if config.method == "full":
+    trainable, lspec, spec = base, None, None
+    frozen = None
+  else:
+    spec = adapters.AdapterSpec(config.method, config.reduction_factor, config.adapter_activation,
+                                config.lora_rank, config.lora_alpha)
+    tree = adapters.init(key, cfg, base, spec)
+    trainable, lspec = adapters.trainable(tree), tree.get("_spec")
+    frozen = base
+  merge = _Hashable(params_fn(config.method, spec, lspec), (config.method, spec, lspec))
+  tx = _Hashable(make_optimizer(config), ("tx", config.lr, config.steps, config.warmup_steps,
+                                          config.weight_decay))
+  opt_state = tx.init(trainable)
+  n_trainable = freeze.count_params(trainable)
+
+  ckpt = Checkpointer(os.path.join(workdir, "ckpt"), config.checkpoint_every, keep=1)
+  state = {"trainable": trainable, "opt_state": opt_state, "step": np.int32(0)}
+  meta = {"method": config.method, "family": cfg.family, "vocab_size": cfg.vocab_size,
+          "d_model": cfg.d_model}
+  if ckpt.latest_step() is not None:
+    saved = ckpt.restore_meta()
+    if {k: saved.get(k) for k in meta} != meta:
+      raise ValueError(f"{workdir}/ckpt holds {saved}, not {meta}: use another --workdir.")
+    state, _ = ckpt.restore(state)
+  trainable, opt_state = state["trainable"], state["opt_state"]
+  start = int(state["step"])
+  t0, losses = time.time(), []
+  ls = float(config.label_smoothing)
+  for step in range(start, config.steps):
+    batch = sampler.batch(step)
+    rng = jax.random.fold_in(key, step) if config.method == "full" or config.dropout_adapters else None
+    trainable, opt_state, loss = train_step(cfg, merge, tx, trainable, opt_state, frozen, batch,
+                                            rng, ls)
+    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+      losses.append(float(loss))
+      print(f"step {step + 1}/{config.steps} loss {float(loss):.4f} "
+            f"{(time.time() - t0) / (step + 1 - start):.3f}s/step", file=sys.stderr, flush=True)
+    if ckpt.should_save(step + 1) or step + 1 == config.steps:
+      ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state,
+                           "step": np.int32(step + 1)}, meta, force=True)
+  ckpt.close()
+
+  params, acfg = merge(trainable, frozen)
+  if config.method == "full":
+    export_hf(os.path.join(workdir, "model"), cfg, params, tok_dir)
+  else:
+    bank = adapters.AdapterBank(cfg, base)
+    bank._adapters["tuned"] = (spec, {**trainable, **({"_spec": lspec} if lspec else {})})  # pylint: disable=protected-access
+    bank.save(os.path.join(workdir, "adapter.safetensors"), "tuned",
+              {"train": config.train, "steps": config.steps})
+  hyps = translate(cfg, params, tok, [s for s, _ in test], gen, acfg, config.eval_batch_size,
+                   config.max_len)
+  with open(os.path.join(workdir, "test_hyps.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(hyps) + "\n")
+  result.update(score(hyps, refs))
+  result.update({"trainable_params": n_trainable, "train_pairs": len(pairs),
+                 "real_pairs": len(real), "synthetic_pairs": len(pairs) - len(real),
+                 "test_pairs": len(test), "steps": config.steps,
+                 "final_loss": losses[-1] if losses else None})
+  with open(os.path.join(workdir, "result.json"), "w") as f:
+    json.dump(result, f)
+  return result

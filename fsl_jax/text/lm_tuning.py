@@ -1,0 +1,332 @@
+"""Parameter-efficient tuning of a frozen GPT-2 for dialogue responses.
+
+Tuned weights are one small pytree, the only thing differentiated and saved:
+  {"new_rows": [N, D]}            special tokens' embeddings (vocab resize),
+  + {"prompt": [P, D]}            method "prompt" (soft prompt),
+  | {"prefix": {...}}             method "prefix" (per-layer key/value prefixes),
+  | {"lora": {...}}               method "lora" (c_attn q/v slices + MLP).
+The base params are passed to every step as a constant, so their leaves stay
+bit-identical (tests check it). `assemble` builds the inference view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fsl_jax.models import gpt2
+from fsl_jax.peft import io as peft_io
+from fsl_jax.peft import lora, prefix, prompt, vocab
+
+METHODS = ("prompt", "prefix", "lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSpec:
+  """Static structure of the tuned weights (hashable: a jit static arg)."""
+  method: str
+  n_new_tokens: int = 0
+  lora: lora.LoraSpec | None = None
+
+  def to_json(self) -> dict:
+    return {"method": self.method, "n_new_tokens": self.n_new_tokens,
+            "lora": self.lora.to_json() if self.lora else None}
+
+  @classmethod
+  def from_json(cls, d: dict) -> "TuneSpec":
+    return cls(d["method"], int(d["n_new_tokens"]),
+               lora.LoraSpec.from_json(d["lora"]) if d.get("lora") else None)
+
+
+def lora_targets(config: gpt2.Gpt2Config, mlp: bool = True) -> dict:
+  """GPT-2's fused c_attn: the q and v column thirds; optionally the MLP."""
+  d = config.n_embd
+  targets: dict = {r"attn/c_attn/kernel$": [(0, d), (2 * d, 3 * d)]}
+  if mlp:
+    targets[r"mlp/c_fc/kernel$"] = None
+    targets[r"mlp/c_proj/kernel$"] = None
+  return targets
+
+
+def init_tuned(key: jax.Array, config: gpt2.Gpt2Config, base: dict, method: str, *,
+               n_new_tokens: int = 0, n_prompt: int = 20, prompt_init: str = "vocab",
+               prompt_text_ids=None, prefix_len: int = 10, prefix_hidden: int = 0,
+               lora_rank: int = 8, lora_alpha: float = 16.0, lora_mlp: bool = True
+               ) -> tuple[TuneSpec, dict]:
+  if method not in METHODS:
+    raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
+  k_rows, k_m = jax.random.split(key)
+  wte = base["wte"]["embedding"]
+  tuned: dict = {}
+  if n_new_tokens:
+    tuned["new_rows"] = vocab.init_rows(k_rows, wte, n_new_tokens)
+  lspec = None
+  if method == "prompt":
+    tuned["prompt"] = prompt.init(k_m, wte, n_prompt, prompt_init, prompt_text_ids)
+  elif method == "prefix":
+    tuned["prefix"] = prefix.init(k_m, prefix_len, config.n_layer, config.n_embd, prefix_hidden)
+  else:
+    lspec, tuned["lora"] = lora.init(k_m, base, lora_targets(config, lora_mlp), lora_rank,
+                                     lora_alpha)
+  return TuneSpec(method, n_new_tokens, lspec), tuned
+
+
+def assemble(config: gpt2.Gpt2Config, base: dict, tuned: dict, spec: TuneSpec):
+  """(params, soft_prompt_PxD | None, prefix_kv | None) for the resized model."""
+  params = vocab.with_rows(base, tuned.get("new_rows"))
+  if spec.lora is not None:
+    params = lora.merge(params, tuned["lora"], spec.lora)
+  soft = tuned.get("prompt")
+  pkv = (prefix.to_kv(tuned["prefix"], config.n_layer, config.n_head, config.head_dim)
+         if "prefix" in tuned else None)
+  return params, soft, pkv
+
+
+def tuned_logits(config, base, tuned, spec, ids_BxT, mask_BxT, rng=None):
+  """Logits for ids_BxT under the tuned model (soft prompt positions dropped)."""
+  params, soft, pkv = assemble(config, base, tuned, spec)
+  model = gpt2.Gpt2(config)
+  embeds = model.apply({"params": params}, ids_BxT, method=gpt2.Gpt2.embed)
+  mask = mask_BxT.astype(jnp.bool_)
+  p = 0
+  if soft is not None:
+    p = soft.shape[0]
+    embeds, mask = prompt.prepend(soft, embeds, mask)
+  kw = {} if rng is None else {"deterministic": False, "rngs": {"dropout": rng}}
+  logits, _ = model.apply({"params": params}, inputs_embeds_BxTxD=embeds, attention_mask_BxT=mask,
+                          positions_BxT=gpt2.positions_from_mask(mask), prefix_kv=pkv, **kw)
+  return logits[:, p:]
+
+
+def make_train_step(config: gpt2.Gpt2Config, spec: TuneSpec, tx: optax.GradientTransformation,
+                    dropout: bool = True):
+  """A jitted (tuned, opt_state, base, batch, rng) -> (tuned, opt_state, loss)."""
+
+  def loss_fn(tuned, base, batch, rng):
+    logits = tuned_logits(config, base, tuned, spec, batch["inputs"], batch["mask"],
+                          rng if dropout else None)
+    return gpt2.lm_loss(logits, batch["targets"], batch["weights"])
+
+  @jax.jit
+  def step(tuned, opt_state, base, batch, rng):
+    loss, grads = jax.value_and_grad(loss_fn)(tuned, base, batch, rng)
+    updates, opt_state = tx.update(grads, opt_state, tuned)
+    return optax.apply_updates(tuned, updates), opt_state, loss
+
+  return step
+
+
+def eval_loss(config, base, tuned, spec, batch) -> float:
+  logits = jax.jit(tuned_logits, static_argnums=(0, 3))(
+      config, base, tuned, spec, batch["inputs"], batch["mask"])
+  return float(gpt2.lm_loss(logits, batch["targets"], batch["weights"]))
+
+
+def generate(config, base, tuned, spec, ids_BxT, mask_BxT, max_new_tokens: int, **kw):
+  """Cached decoding with the tuned weights (LoRA merged once, outside the loop)."""
+  params, soft, pkv = assemble(config, base, tuned, spec)
+  return gpt2.generate(config, params, ids_BxT, mask_BxT, max_new_tokens,
+                       soft_prompt_PxD=soft, prefix_kv=pkv, **kw)
+
+
+def export(tuned: dict) -> dict:
+  """Inference form: prefix MLPs collapsed to their outputs."""
+  out = dict(tuned)
+  if "prefix" in out:
+    out["prefix"] = prefix.materialize(out["prefix"])
+  return out
+
+
+def save_tuned(path: str, tuned: dict, spec: TuneSpec, config: gpt2.Gpt2Config,
+               base_name: str, extra: dict | None = None) -> None:
+  """Tuned weights alone, with what is needed to check the base on load."""
+  meta = {"spec": spec.to_json(), "base": base_name, "base_vocab_size":
+          config.vocab_size - spec.n_new_tokens, "n_embd": config.n_embd,
+          "n_layer": config.n_layer, **(extra or {})}
+  peft_io.save_tree(path, jax.device_get(export(tuned)), meta)
+
+
+def load_tuned(path: str, base_config: gpt2.Gpt2Config
+               ) -> tuple[dict, TuneSpec, gpt2.Gpt2Config, dict]:
+  """(tuned, spec, resized config, meta); refuses a file made for another base."""
+  tree, meta = peft_io.load_tree(path)
+  spec = TuneSpec.from_json(meta["spec"])
+  want = {"base_vocab_size": base_config.vocab_size, "n_embd": base_config.n_embd,
+          "n_layer": base_config.n_layer}
+  diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+  if diff:
+    raise ValueError(f"{path} was tuned on base {meta.get('base')!r} with "
+                     + ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+                     + f"; this base has " + ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+                     + ". Load it onto the base it was trained on.")
+  if spec.lora is not None:  # factor keys are '/'-joined paths: undo the nesting
+    def get(node, path):
+      for part in path.split("/"):
+        node = node[part]
+      return node
+    tree["lora"] = {p: get(tree["lora"], p) for p, _ in spec.lora.slices}
+  tuned = jax.tree.map(jnp.asarray, tree)
+  config = base_config.replace(vocab_size=base_config.vocab_size + spec.n_new_tokens)
+  return tuned, spec, config, meta
+
+
+def count_trainable(tuned: Any) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tuned)))
+
+
+def meta_json(spec: TuneSpec) -> str:
+  return json.dumps(spec.to_json(), sort_keys=True)
+
+
+# ---------------------------------------------------------------- the binary
+
+def load_base(model: str, seed: int = 0, tokenizer=None) -> tuple[gpt2.Gpt2Config, dict, str]:
+  """A checkpoint dir / hub id, or 'random:<preset>': random init (smoke runs),
+  its vocabulary and EOS sized to `tokenizer` when one is given."""
+  if model.startswith("random:"):
+    config = gpt2.Gpt2Config.preset(model.split(":", 1)[1])
+    if tokenizer is not None:
+      config = config.replace(vocab_size=len(tokenizer),
+                              eos_token_id=int(tokenizer.eos_token_id))
+    return config, gpt2.init_params(config, jax.random.key(seed)), model
+  config, params = gpt2.from_pretrained(model)
+  return config, params, model
+
+
+def load_tokenizer(name: str):
+  import transformers  # pylint: disable=import-outside-toplevel
+  try:
+    return transformers.AutoTokenizer.from_pretrained(name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise FileNotFoundError(
+        f"Could not load a tokenizer from {name!r} ({type(e).__name__}: {e}). Set "
+        f"--config.tokenizer to a local tokenizer folder (e.g. ../shared/data/tokenizers/gpt2) "
+        f"or a hub id when online.") from e
+
+
+def _default_lr(method: str) -> float:
+  return {"prompt": 0.03, "prefix": 5e-3, "lora": 2e-3}[method]
+
+
+def _decode(tokenizer, out_BxN: np.ndarray, eos_id: int) -> list[str]:
+  texts = []
+  for row in out_BxN:
+    row = list(row)
+    if eos_id in row:
+      row = row[:row.index(eos_id)]
+    texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+  return texts
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Tunes, checkpoints (resumable), generates for held-out contexts, scores BLEU."""
+  import os  # pylint: disable=import-outside-toplevel
+  import sacrebleu  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from fsl_jax.text import dialogue  # pylint: disable=import-outside-toplevel
+  from fsl_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(workdir, exist_ok=True)
+  tok_name = config.tokenizer or (config.model if not config.model.startswith("random:")
+                                  else "gpt2")
+  tokenizer = load_tokenizer(tok_name)
+  base_config, base, base_name = load_base(config.model, config.seed, tokenizer)
+  eos_id = base_config.eos_token_id
+  special = vocab.add_special_tokens(tokenizer, dialogue.SPECIAL_TOKENS)
+  n_new = max(0, len(tokenizer) - base_config.vocab_size)
+  if max(special) >= base_config.vocab_size + n_new:
+    raise ValueError(f"Special token ids {special} exceed the resized vocabulary.")
+  cfg = base_config.replace(vocab_size=base_config.vocab_size + n_new,
+                            dropout=float(config.dropout))
+
+  exchanges = dialogue.read(config.data, config.max_context_turns)
+  train_ex, eval_ex = dialogue.split_by_dialogue(exchanges, config.n_train, config.n_eval,
+                                                 config.seed)
+  train = dialogue.batch_arrays(tokenizer, train_ex, config.max_len, eos_id, eos_id)
+
+  text_ids = tokenizer(config.prompt_text)["input_ids"] if config.prompt_text else None
+  spec, tuned = init_tuned(
+      jax.random.key(config.seed + 1), base_config, base, config.method, n_new_tokens=n_new,
+      n_prompt=config.n_prompt, prompt_init=config.prompt_init, prompt_text_ids=text_ids,
+      prefix_len=config.prefix_len, prefix_hidden=config.prefix_hidden,
+      lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
+  if not config.train_new_rows and "new_rows" in tuned:
+    logging.info("New token rows stay at their initialisation (train_new_rows=False).")
+  lr = config.learning_rate or _default_lr(config.method)
+  tx = optax.adamw(optax.warmup_constant_schedule(0.0, lr, max(1, config.num_steps // 20)),
+                   weight_decay=0.0)
+  if not config.train_new_rows:
+    tx = optax.multi_transform({"t": tx, "f": optax.set_to_zero()},
+                               {k: jax.tree.map(lambda _: "f" if k == "new_rows" else "t", v)
+                                for k, v in tuned.items()})
+  opt_state = tx.init(tuned)
+  step_fn = make_train_step(cfg, spec, tx, dropout=config.dropout > 0)
+
+  meta = {"method": config.method, "model": base_name, "spec": spec.to_json()}
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, keep=2)
+  state = {"tuned": tuned, "opt_state": opt_state, "step": np.int64(0)}
+  start = 0
+  if ckpt.latest_step() is not None:
+    old = ckpt.restore_meta()
+    if old.get("method") != meta["method"] or old.get("model") != meta["model"]:
+      raise ValueError(f"{workdir} holds a checkpoint of method={old.get('method')!r} "
+                       f"model={old.get('model')!r}; use a new --workdir for "
+                       f"method={meta['method']!r} model={meta['model']!r}.")
+    state, _ = ckpt.restore(state)
+    start = int(state["step"])
+    logging.info("Resumed from step %d.", start)
+  tuned, opt_state = state["tuned"], state["opt_state"]
+
+  n = train["inputs"].shape[0]
+  loss = float("nan")
+  for step in range(start, config.num_steps):
+    idx = np.random.default_rng([config.seed, step]).choice(n, config.batch_size,
+                                                           replace=n < config.batch_size)
+    batch = {k: jnp.asarray(v[idx]) for k, v in train.items()}
+    rng = jax.random.fold_in(jax.random.key(config.seed + 2), step)
+    tuned, opt_state, loss_arr = step_fn(tuned, opt_state, base, batch, rng)
+    if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+      loss = float(loss_arr)
+      logging.info("step %d loss %.4f", step + 1, loss)
+    ckpt.save(step + 1, {"tuned": tuned, "opt_state": opt_state, "step": np.int64(step + 1)},
+              meta, force=step + 1 == config.num_steps)
+  ckpt.close()
+
+  tuned_path = os.path.join(workdir, "tuned.safetensors")
+  save_tuned(tuned_path, tuned, spec, cfg, base_name, {"method": config.method})
+
+  eval_batch = dialogue.batch_arrays(tokenizer, eval_ex, config.max_len, eos_id, eos_id)
+  eval_nll = eval_loss(cfg, base, tuned, spec, {k: jnp.asarray(v) for k, v in eval_batch.items()})
+  ids, mask = dialogue.prompt_arrays(tokenizer, eval_ex, config.prompt_len, eos_id)
+  hyps = []
+  for i in range(0, len(eval_ex), config.eval_batch_size):
+    sl = slice(i, i + config.eval_batch_size)
+    b_ids, b_mask = ids[sl], mask[sl]
+    pad = config.eval_batch_size - b_ids.shape[0]  # one compiled shape
+    if pad:
+      b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
+      b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
+    out = generate(cfg, base, tuned, spec, b_ids, b_mask, config.max_new_tokens,
+                   method=config.decode, num_beams=config.num_beams, eos_id=eos_id)
+    hyps.extend(_decode(tokenizer, np.asarray(out)[:len(ids[sl])], eos_id))
+  refs = [e.response for e in eval_ex]
+  bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
+  with open(os.path.join(workdir, "samples.jsonl"), "w") as f:
+    for e, h in zip(eval_ex, hyps):
+      f.write(json.dumps({"context": dialogue.format_context(e), "reference": e.response,
+                          "hypothesis": h}) + "\n")
+  result = {"method": config.method, "bleu": round(float(bleu), 4),
+            "trainable_params": count_trainable(tuned), "examples": len(eval_ex),
+            "train_examples": len(train_ex), "steps": int(config.num_steps),
+            "final_train_loss": None if np.isnan(loss) else round(loss, 4),
+            "eval_loss": round(eval_nll, 4), "model": base_name,
+            "tuned_file_bytes": os.path.getsize(tuned_path)}
+  with open(os.path.join(workdir, "result.json"), "w") as f:
+    json.dump(result, f)
+  return result

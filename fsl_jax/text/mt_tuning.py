@@ -244,7 +244,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   n_trainable = freeze.count_params(trainable)
 
   ckpt = Checkpointer(os.path.join(workdir, "ckpt"), config.checkpoint_every, keep=1)
-  state = {"trainable": trainable, "opt_state": opt_state, "step": np.int32(0)}
+  state = {"trainable": trainable, "opt_state": opt_state, "step": np.zeros((), np.int32)}
   meta = {"method": config.method, "family": cfg.family, "vocab_size": cfg.vocab_size,
           "d_model": cfg.d_model}
   if ckpt.latest_step() is not None:
@@ -267,7 +267,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             f"{(time.time() - t0) / (step + 1 - start):.3f}s/step", file=sys.stderr, flush=True)
     if ckpt.should_save(step + 1) or step + 1 == config.steps:
       ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state,
-                           "step": np.int32(step + 1)}, meta, force=True)
+                           "step": np.full((), step + 1, np.int32)}, meta, force=True)
   ckpt.close()
 
   params, acfg = merge(trainable, frozen)

@@ -309,7 +309,7 @@ def init_cache(config: Gpt2Config, batch: int, max_len: int, prefix_kv=None,
 def init_params(config: Gpt2Config, key: jax.Array) -> dict:
   """Random GPT-2 weights (N(0, 0.02) kernels, unit LayerNorms)."""
   ids = jnp.zeros((1, 2), jnp.int32)
-  return Gpt2(config).init(key, ids)["params"]
+  return jax.jit(Gpt2(config).init)(key, ids)["params"]
 
 
 # ---------------------------------------------------------------- HF loading

@@ -104,6 +104,9 @@ def tuned_logits(config, base, tuned, spec, ids_BxT, mask_BxT, rng=None):
   return logits[:, p:]
 
 
+tuned_logits_jit = jax.jit(tuned_logits, static_argnums=(0, 3))
+
+
 def make_train_step(config: gpt2.Gpt2Config, spec: TuneSpec, tx: optax.GradientTransformation,
                     dropout: bool = True):
   """A jitted (tuned, opt_state, base, batch, rng) -> (tuned, opt_state, loss)."""
@@ -123,8 +126,7 @@ def make_train_step(config: gpt2.Gpt2Config, spec: TuneSpec, tx: optax.GradientT
 
 
 def eval_loss(config, base, tuned, spec, batch) -> float:
-  logits = jax.jit(tuned_logits, static_argnums=(0, 3))(
-      config, base, tuned, spec, batch["inputs"], batch["mask"])
+  logits = tuned_logits_jit(config, base, tuned, spec, batch["inputs"], batch["mask"])
   return float(gpt2.lm_loss(logits, batch["targets"], batch["weights"]))
 
 
@@ -270,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   meta = {"method": config.method, "model": base_name, "spec": spec.to_json()}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, keep=2)
-  state = {"tuned": tuned, "opt_state": opt_state, "step": np.int64(0)}
+  state = {"tuned": tuned, "opt_state": opt_state, "step": np.asarray(0, np.int64)}
   start = 0
   if ckpt.latest_step() is not None:
     old = ckpt.restore_meta()
@@ -294,7 +296,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
       loss = float(loss_arr)
       logging.info("step %d loss %.4f", step + 1, loss)
-    ckpt.save(step + 1, {"tuned": tuned, "opt_state": opt_state, "step": np.int64(step + 1)},
+    ckpt.save(step + 1, {"tuned": tuned, "opt_state": opt_state, "step": np.asarray(step + 1, np.int64)},
               meta, force=step + 1 == config.num_steps)
   ckpt.close()
 

@@ -1,0 +1,51 @@
+r"""Few-shot evaluation of the latest checkpoint in a workdir.
+
+    python -m experiments.evaluate --workdir=DIR --ways=20 --shots=1 \
+        --episodes=1000 [--split=test] [--queries=15] [--seed=1234]
+
+Prints one JSON line: {"split", "ways", "shots", "accuracy", "ci95", "episodes"}.
+The episode set depends only on (split, ways, shots, queries, seed, episodes).
+"""
+
+import json
+
+from absl import app, flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory written by experiments.meta_train.")
+flags.DEFINE_integer("ways", None, "Classes per episode (default: the config's eval.ways).")
+flags.DEFINE_integer("shots", None, "Support examples per class (default: eval.shots).")
+flags.DEFINE_integer("queries", None, "Query examples per class (default: eval.queries).")
+flags.DEFINE_integer("episodes", None, "Number of episodes (default: eval.episodes).")
+flags.DEFINE_string("split", None, "Split to evaluate on (default: eval.split).")
+flags.DEFINE_integer("seed", None, "Episode seed (default: eval.seed).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  del argv
+  common.setup()
+  from fsl_jax.data.episodes import EpisodeSpec  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import evaluation, meta_trainer  # pylint: disable=g-import-not-at-top
+
+  cfg = meta_trainer.load_config(FLAGS.workdir)
+  ev = cfg.eval
+  pick = lambda flag, default: default if flag is None else flag
+  split = pick(FLAGS.split, ev.split)
+  spec = EpisodeSpec(pick(FLAGS.ways, ev.ways), pick(FLAGS.shots, ev.shots),
+                     pick(FLAGS.queries, ev.queries))
+  source = meta_trainer.load_split(cfg.data, split)
+  _, learner, variables, step = meta_trainer.load_for_eval(
+      FLAGS.workdir, source.image_shape, FLAGS.step)
+  result = evaluation.evaluate(learner, variables, source, spec,
+                               pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
+                               split=split)
+  print(json.dumps(result), flush=True)
+  meta_trainer.log_result(FLAGS.workdir, {**result, "step": step})
+
+
+if __name__ == "__main__":
+  app.run(common.friendly(main), flags_parser=common.parse_flags)

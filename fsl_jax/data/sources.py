@@ -1,0 +1,108 @@
+"""Class-indexed image sources and the image preprocessing they share.
+
+A `ClassImages` holds a whole split as one dense array `images_CxMxHxWxD`
+(C classes, up to M examples each, padded) plus `counts_C`, so an episode is a
+gather from an array that lives once in device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad or missing data; the message says how to fix it."""
+
+
+@dataclasses.dataclass
+class ClassImages:
+  """A split: `images` [C, M, H, W, D] float32 in [0, 1], `counts` [C]."""
+  images: np.ndarray
+  counts: np.ndarray
+  class_names: list[str]
+  # Alphabet (or other group) of each class, when the source has one.
+  groups: list[str] | None = None
+
+  def __post_init__(self):
+    if self.images.ndim != 5:
+      raise DataError(f"images must be [C, M, H, W, D], got {self.images.shape}.")
+    if len(self.counts) != self.images.shape[0] or len(self.class_names) != len(self.counts):
+      raise DataError("images, counts and class_names disagree on the number of classes.")
+
+  @property
+  def num_classes(self) -> int:
+    return int(self.images.shape[0])
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[2:])
+
+  def __len__(self) -> int:
+    return int(self.counts.sum())
+
+  def subset(self, class_indices: Sequence[int]) -> "ClassImages":
+    idx = np.asarray(class_indices, dtype=np.int64)
+    max_count = int(self.counts[idx].max()) if len(idx) else 0
+    return ClassImages(
+        images=self.images[idx, :max_count],
+        counts=self.counts[idx],
+        class_names=[self.class_names[i] for i in idx],
+        groups=None if self.groups is None else [self.groups[i] for i in idx])
+
+  @classmethod
+  def from_flat(cls, images_NxHxWxD: np.ndarray, labels_N: np.ndarray,
+                class_names: Sequence[str] | None = None,
+                groups: Sequence[str] | None = None) -> "ClassImages":
+    """Groups a flat array by integer label (labels need not be contiguous).
+
+    `class_names`/`groups`, when given, are indexed by the original label.
+    """
+    labels_N = np.asarray(labels_N)
+    uniq, inverse, counts = np.unique(labels_N, return_inverse=True, return_counts=True)
+    c, m = len(uniq), int(counts.max()) if len(uniq) else 0
+    out = np.zeros((c, m) + images_NxHxWxD.shape[1:], np.float32)
+    order = np.argsort(inverse, kind="stable")
+    pos = np.arange(len(labels_N)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out[inverse[order], pos] = images_NxHxWxD[order]
+    names = [str(u) for u in uniq] if class_names is None else [class_names[u] for u in uniq]
+    grp = None if groups is None else [groups[u] for u in uniq]
+    return cls(out, counts.astype(np.int32), names, grp)
+
+
+def to_strokes(images: np.ndarray, white_background: bool = True) -> np.ndarray:
+  """[N, H, W(, D)] images of any integer range -> [N, H, W] float32, strokes=1.
+
+  Normalises each image by its own maximum, so {0,1} (TFDS without
+  TensorFlow), {0,255} (with it) and boolean images give the same result.
+  """
+  x = np.asarray(images)
+  if x.ndim == 4:
+    x = x[..., 0]
+  x = x.astype(np.float32)
+  peak = x.reshape(len(x), -1).max(axis=1).reshape(-1, 1, 1)
+  x = x / np.maximum(peak, 1e-8) * (peak > 0)
+  return 1.0 - x if white_background else x
+
+
+
+
+def resize(images_NxHxWxD: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
+  """Antialiased bilinear resize to size x size, in chunks to bound memory."""
+  x = np.asarray(images_NxHxWxD, np.float32)
+  if x.shape[1:3] == (size, size):
+    return x
+  fn = jax.jit(lambda a: jax.image.resize(
+      a, (a.shape[0], size, size, a.shape[3]), method="linear", antialias=True))
+  out = []
+  for i in range(0, len(x), chunk):
+    part = x[i:i + chunk]
+    n = len(part)
+    if n < chunk and len(x) > chunk:  # pad the tail: one compiled shape
+      part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], part.dtype)])
+    out.append(np.asarray(fn(part))[:n])
+  return np.clip(np.concatenate(out), 0.0, 1.0) if out else x[:, :size, :size]

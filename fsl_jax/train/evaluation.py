@@ -1,0 +1,52 @@
+"""Fixed-seed few-shot evaluation: mean accuracy and 95% CI over E episodes."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsl_jax.data.episodes import EpisodeSampler, EpisodeSpec
+from fsl_jax.data.sources import ClassImages
+
+
+def episode_chunk(spec: EpisodeSpec, images_per_chunk: int = 4096) -> int:
+  """Episodes evaluated per jitted call, bounding activation memory."""
+  return max(1, images_per_chunk // (spec.ways * (spec.shots + spec.queries)))
+
+
+def evaluate(learner, variables, source: ClassImages, spec: EpisodeSpec, episodes: int = 1000,
+             seed: int = 0, rotations: bool = False, split: str = "test") -> dict:
+  """Accuracy on episodes i = 0..E-1 drawn with fold_in(PRNGKey(seed), i).
+
+  The episode set depends only on (source, spec, seed, E), so any two
+  checkpoints are compared on exactly the same episodes.
+  """
+  sampler = EpisodeSampler(source, spec, rotations=rotations, split=split)
+  one = sampler.sample_fn()
+  chunk = min(episode_chunk(spec), episodes)
+  base = jax.random.PRNGKey(seed)
+
+  @jax.jit
+  def accuracies(variables, start, images, counts):
+    idx = start + jnp.arange(chunk)
+
+    def acc(i):
+      ep = one(jax.random.fold_in(base, i), images, counts)
+      logits = learner.predict(variables, ep, jax.random.fold_in(base, -1 - i))
+      return jnp.mean(jnp.argmax(logits, -1) == ep["query_y"])
+
+    return jax.lax.map(acc, idx) if chunk > 64 else jax.vmap(acc)(idx)
+
+  accs = []
+  for start in range(0, episodes, chunk):
+    accs.append(np.asarray(accuracies(variables, start, sampler.images, sampler.counts)))
+  accs = np.concatenate(accs)[:episodes].astype(np.float64)
+  return {
+      "split": split, "ways": spec.ways, "shots": spec.shots,
+      "accuracy": round(float(accs.mean()), 6),
+      "ci95": round(float(1.96 * accs.std() / math.sqrt(len(accs))), 6),
+      "episodes": int(len(accs)),
+  }

@@ -1,0 +1,60 @@
+"""The CPU-fast conv / pool VJPs equal XLA's native gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl_jax.models import layers
+from fsl_jax.models.conv4 import Conv4
+
+
+@pytest.mark.parametrize("shape,k", [((3, 9, 9, 4), 3), ((2, 7, 6, 1), 3), ((2, 8, 8, 3), 5)])
+def test_conv_vjp_matches_xla(shape, k):
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (k, k, shape[-1], 5))
+  g = jax.random.normal(kg, shape[:3] + (5,))
+  ref = jax.vjp(layers._conv, x, w)[1](g)
+  new = jax.vjp(layers.conv_same, x, w)[1](g)
+  for a, b in zip(ref, new):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 2)])
+def test_pool_vjp_matches_xla(shape):
+  x = jax.random.normal(jax.random.PRNGKey(1), shape)
+  import flax.linen as nn
+  native = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(np.asarray(layers.max_pool_2x2(x)), np.asarray(native(x)))
+  g = jax.random.normal(jax.random.PRNGKey(2), native(x).shape)
+  ref = jax.vjp(native, x)[1](g)[0]
+  new = jax.vjp(layers.max_pool_2x2, x)[1](g)[0]
+  np.testing.assert_allclose(np.asarray(new), np.asarray(ref), atol=1e-6)
+
+
+def test_conv4_impls_same_params_and_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 28, 28, 1))
+  cpu, xla = Conv4(hidden=8, impl="cpu"), Conv4(hidden=8, impl="xla")
+  v = cpu.init(jax.random.PRNGKey(1), x, train=False)
+  assert jax.tree.structure(v) == jax.tree.structure(xla.init(jax.random.PRNGKey(1), x, train=False))
+  emb = cpu.apply(v, x, train=False)
+  assert emb.shape == (6, 8)
+
+  def loss(model, p):
+    out, _ = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(out ** 2)
+
+  ga, gb = jax.grad(lambda p: loss(cpu, p))(v["params"]), jax.grad(lambda p: loss(xla, p))(v["params"])
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-4)
+
+
+def test_vmap_over_per_task_weights():
+  # Later learners vmap the layers over per-task fast weights.
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 2, 6, 6, 3))
+  w = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 3, 3, 2))
+  f = lambda x, w: jnp.sum(layers.conv_same(x, w) ** 2)
+  ref = jax.vmap(jax.grad(lambda x, w: jnp.sum(layers._conv(x, w) ** 2), argnums=1))(x, w)
+  new = jax.vmap(jax.grad(f, argnums=1))(x, w)
+  np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-4, atol=1e-4)

@@ -36,10 +36,7 @@ def config_from_hf(hf: dict, family: str) -> Seq2SeqConfig:
     if hf.get("decoder_vocab_size") not in (None, hf["vocab_size"]):
       raise NotImplementedError("Marian checkpoints with a separate decoder vocabulary "
                                 "(decoder_vocab_size != vocab_size) are not supported yet.")
-  if family == "marian":
-    tie = hf.get("tie_word_embeddings", True)
-  else:
-    tie = hf.get("tie_word_embeddings", True)
+  tie = hf.get("tie_word_embeddings", True)
   eos = hf.get("eos_token_id")
   return Seq2SeqConfig(
       family=family, vocab_size=hf["vocab_size"], d_model=hf["d_model"],
@@ -110,11 +107,14 @@ def params_from_state_dict(state: dict[str, np.ndarray], cfg: Seq2SeqConfig) -> 
     for p in parts[:-1]:
       node = node.setdefault(p, {})
     node[parts[-1]] = value
-  # Encoder/decoder token embeddings are copies of `shared` when tied.
-  for side in ("encoder", "decoder"):
-    et = tree.get(side, {}).pop("embed_tokens", None)
-    if et is not None and "shared" not in tree:
-      tree["shared"] = et
+  # Encoder/decoder token embeddings are copies of `shared` when tied; an
+  # untied decoder table (share_encoder_decoder_embeddings=False) is kept.
+  enc_et = tree.get("encoder", {}).pop("embed_tokens", None)
+  dec_et = tree.get("decoder", {}).pop("embed_tokens", None)
+  if "shared" not in tree and enc_et is not None:
+    tree["shared"] = enc_et
+  if dec_et is not None and not np.array_equal(dec_et["embedding"], tree["shared"]["embedding"]):
+    tree["decoder"]["embed_tokens"] = dec_et
   if "shared" not in tree:
     raise ValueError("Checkpoint has no token embedding (model.shared.weight).")
   if "lm_head" not in tree and not cfg.tie_word_embeddings:

@@ -164,7 +164,7 @@ def translate(cfg, params, tok, sources: list[str], gen: sg.GenerationConfig,
               adapter_cfg=None, batch_size: int = 32, max_len: int = 128,
               progress: bool = False) -> list[str]:
   """Batched beam-search translation, in input order."""
-  ids, _ = td.encode_pairs(tok, [(s, s) for s in sources], max_len)
+  ids = td.encode_sources(tok, sources, max_len)
   order = np.argsort([len(x) for x in ids])
   out = [""] * len(sources)
   it = range(0, len(order), batch_size)

@@ -121,16 +121,20 @@ def train_marian_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int =
   return out_dir
 
 
+def _cut(ids, max_len: int) -> np.ndarray:
+  ids = list(ids)
+  return np.asarray(ids[:max_len - 1] + [ids[-1]] if len(ids) > max_len else ids, np.int32)
+
+
+def encode_sources(tok, sources: Sequence[str], max_len: int) -> list[np.ndarray]:
+  """Source token ids (special tokens added; truncated to max_len keeping the last)."""
+  return [_cut(x, max_len) for x in tok(list(sources), add_special_tokens=True)["input_ids"]]
+
+
 def encode_pairs(tok, pairs: Pairs, max_len: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """Token ids (EOS appended, truncated to max_len keeping EOS) of sources and targets."""
-  src = tok([s for s, _ in pairs], add_special_tokens=True)["input_ids"]
   tgt = tok(text_target=[t for _, t in pairs], add_special_tokens=True)["input_ids"]
-
-  def cut(ids):
-    ids = list(ids)
-    return np.asarray(ids[:max_len - 1] + [ids[-1]] if len(ids) > max_len else ids, np.int32)
-
-  return [cut(x) for x in src], [cut(x) for x in tgt]
+  return encode_sources(tok, [s for s, _ in pairs], max_len), [_cut(x, max_len) for x in tgt]
 
 
 def pad_batch(seqs: Sequence[np.ndarray], pad_id: int, multiple: int = 16,

@@ -93,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.max_test_pairs = 200
     # Sized for ~10 minutes on a shared 2-core CPU (d256 x 3 layers ran at >2 s/step there).
     c.scratch.update(vocab_size=4000, d_model=128, layers=2, heads=4, ffn_dim=512)
-    c.steps, c.batch_size, c.lr, c.warmup_steps = 600, 24, 2e-3, 60
+    c.steps, c.batch_size, c.lr, c.warmup_steps = 800, 24, 1e-3, 100
     c.max_len, c.max_new_tokens, c.eval_batch_size = 48, 64, 64
     return c
   raise ValueError(f"Unknown variant {arg!r}: use runlocal, base_cpu, reverse_cpu or ntrex.")

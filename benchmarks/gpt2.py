@@ -6,7 +6,7 @@ r"""GPT-2 (124M shape) throughput: our Flax port vs transformers' PyTorch model.
 Builds one random-weight GPT2LMHeadModel in the real gpt2 shape (12 layers,
 width 768, 12 heads, vocab 50257), saves it with save_pretrained and loads it
 into our port, so both run the same weights in the same process (fp32). Times
-(median of `reps` after one warm-up each):
+(median of `reps` alternating calls after one warm-up each):
   - a forward pass over a batch of fwd_batch x fwd_len tokens (logits out),
   - cached greedy decoding of new_tokens tokens at batch 1 and batch 8,
 and prints one JSON line with tokens/s for both, the ratios ours/transformers,
@@ -33,14 +33,18 @@ flags.DEFINE_integer("reps", 2, "Timed calls per measurement.")
 flags.DEFINE_integer("seed", 0, "")
 
 
-def _time(fn, reps):
-  fn()  # warm-up (compilation for JAX)
-  times = []
+def _time_pair(ours, theirs, reps):
+  """Median seconds of each, after one warm-up each; calls alternate so that
+  load from other processes on a shared machine hits both alike."""
+  ours()  # warm-up (compilation for JAX)
+  theirs()
+  t_a, t_b = [], []
   for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    for fn, ts in ((ours, t_a), (theirs, t_b)):
+      t0 = time.perf_counter()
+      fn()
+      ts.append(time.perf_counter() - t0)
+  return float(np.median(t_a)), float(np.median(t_b))
 
 
 def main(argv):
@@ -73,7 +77,7 @@ def main(argv):
     with torch.inference_mode():
       out["hf"] = model(ids_t).logits
 
-  t_ours, t_hf = _time(fwd_ours, FLAGS.reps), _time(fwd_hf, FLAGS.reps)
+  t_ours, t_hf = _time_pair(fwd_ours, fwd_hf, FLAGS.reps)
   n_tok = FLAGS.fwd_batch * FLAGS.fwd_len
   result.update({
       "forward_batch": [FLAGS.fwd_batch, FLAGS.fwd_len],
@@ -99,7 +103,7 @@ def main(argv):
         gen["hf"] = model.generate(p_t, attention_mask=mask_t, max_new_tokens=FLAGS.new_tokens,
                                    do_sample=False, pad_token_id=eos).numpy()[:, FLAGS.prompt_len:]
 
-    t_ours, t_hf = _time(gen_ours, FLAGS.reps), _time(gen_hf, FLAGS.reps)
+    t_ours, t_hf = _time_pair(gen_ours, gen_hf, FLAGS.reps)
     n_ours = int(gen["ours"].shape[1])
     n_hf = int(gen["hf"].shape[1])
     identical &= n_ours == n_hf and bool((gen["ours"] == gen["hf"]).all())

@@ -62,6 +62,16 @@ def test_logits_parity_fp32(ckpt):
   assert err < 1e-4, err
 
 
+def test_long_sequence_parity_blocked_attention(ckpt):
+  """T=256 takes the blocked causal-attention path (query blocks of 128)."""
+  assert gpt2._ATTN_CHUNK == 128  # pylint: disable=protected-access
+  ids = np.random.default_rng(1).integers(0, 50000, (1, 256))
+  with torch.no_grad():
+    ref = ckpt["torch"](torch.tensor(ids)).logits.numpy()
+  ours = np.asarray(gpt2.lm_logits(ckpt["config"], ckpt["params"], jnp.asarray(ids)))
+  assert np.abs(ref - ours).max() < 1e-4
+
+
 def test_greedy_20_tokens_match_transformers_generate(ckpt):
   ids, mask = _batch()
   ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=20, do_sample=False)

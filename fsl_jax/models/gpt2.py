@@ -134,8 +134,21 @@ def _dense(features, name, dtype):
   return nn.Dense(features, name=name, dtype=dtype, kernel_init=init)
 
 
+_ATTN_CHUNK = 128
+
+
 class Attention(nn.Module):
   config: Gpt2Config
+
+  def _attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, deterministic):
+    c = self.config
+    s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32)
+    s_BxHxTxS = jnp.where(mask_BxTxS[:, None], s_BxHxTxS, jnp.finfo(jnp.float32).min)
+    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(c.jnp_dtype)
+    if not deterministic and c.dropout > 0:
+      keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - c.dropout, p_BxHxTxS.shape)
+      p_BxHxTxS = jnp.where(keep, p_BxHxTxS / (1.0 - c.dropout), 0).astype(p_BxHxTxS.dtype)
+    return jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK)
 
   @nn.compact
   def __call__(self, x_BxTxD, mask_BxTxS, layer_cache=None, index=None, prefix_kv=None,
@@ -160,15 +173,23 @@ class Attention(nn.Module):
       v_BxSxHxK = jnp.concatenate([pv, v_BxTxHxK], axis=1)
     else:
       k_BxSxHxK, v_BxSxHxK = k_BxTxHxK, v_BxTxHxK
-    scale = 1.0 / np.sqrt(c.head_dim)
-    s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK * jnp.asarray(scale, q.dtype),
-                           k_BxSxHxK.astype(q.dtype))
-    s_BxHxTxS = s_BxHxTxS.astype(jnp.float32)
-    s_BxHxTxS = jnp.where(mask_BxTxS[:, None], s_BxHxTxS, jnp.finfo(jnp.float32).min)
-    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(c.jnp_dtype)
-    if not deterministic and c.dropout > 0:
-      p_BxHxTxS = nn.Dropout(c.dropout)(p_BxHxTxS, deterministic=False)
-    o_BxTxHxK = jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK.astype(c.jnp_dtype))
+    q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / np.sqrt(c.head_dim), q.dtype)
+    k_BxSxHxK, v_BxSxHxK = k_BxSxHxK.astype(q.dtype), v_BxSxHxK.astype(q.dtype)
+    s_total = k_BxSxHxK.shape[1]
+    chunk = _ATTN_CHUNK
+    if layer_cache is None and t >= 2 * chunk and t % chunk == 0:
+      # Causal: query block i only needs the first S - T + (i + 1) * chunk keys,
+      # which skips ~40% of the score matrix for long sequences.
+      p = s_total - t
+      outs = []
+      for i in range(t // chunk):
+        hi = p + (i + 1) * chunk
+        outs.append(self._attend(q_BxTxHxK[:, i * chunk:(i + 1) * chunk], k_BxSxHxK[:, :hi],
+                                 v_BxSxHxK[:, :hi], mask_BxTxS[:, i * chunk:(i + 1) * chunk, :hi],
+                                 deterministic))
+      o_BxTxHxK = jnp.concatenate(outs, axis=1)
+    else:
+      o_BxTxHxK = self._attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS, deterministic)
     out = _dense(c.n_embd, "c_proj", c.jnp_dtype)(o_BxTxHxK.reshape(b, t, c.n_embd))
     return out, new_cache
 
@@ -471,6 +492,11 @@ def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens:
   eos_id = config.eos_token_id if eos_id == -1 else eos_id
   pad_id = (eos_id if eos_id is not None else 0) if pad_id is None else pad_id
   ids_BxT = jnp.asarray(ids_BxT, jnp.int32)
+  extra = 0 if soft_prompt_PxD is None else soft_prompt_PxD.shape[0]
+  if ids_BxT.shape[1] + extra + max_new_tokens > config.n_positions:
+    raise ValueError(f"Prompt ({ids_BxT.shape[1]} tokens + {extra} soft) + max_new_tokens "
+                     f"({max_new_tokens}) exceeds the {config.n_positions} positions of "
+                     f"{config.name}; shorten the prompt or max_new_tokens.")
   mask_BxT = jnp.ones_like(ids_BxT, jnp.bool_) if mask_BxT is None else jnp.asarray(mask_BxT, bool)
   rng = jax.random.key(0) if rng is None else rng
   return _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv,

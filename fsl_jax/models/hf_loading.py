@@ -66,12 +66,14 @@ def load_config(directory: str) -> dict:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  with safe_open(path, framework="numpy") as f:
+    dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+  if "BF16" in dtypes:  # numpy has no bfloat16: read through JAX (ml_dtypes arrays)
+    from safetensors.flax import load_file as load_flax  # pylint: disable=import-outside-toplevel
+    return {k: np.asarray(v) for k, v in load_flax(path).items()}
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(load_file(path))
-  except TypeError:  # bf16 tensors: numpy cannot hold them, go through torch
-    from safetensors.torch import load_file as load_torch  # pylint: disable=import-outside-toplevel
-    return {k: _torch_to_numpy(v) for k, v in load_torch(path).items()}
+  return dict(load_file(path))
 
 
 def _torch_to_numpy(t) -> np.ndarray:

@@ -128,17 +128,17 @@ def test_cached_equals_uncached(ckpt):
   np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-4)
 
 
-def test_sampling_is_seeded_and_topk1_is_greedy(ckpt):
+def test_sampling_is_seeded_and_cold_sampling_is_greedy(ckpt):
   config, params = ckpt["config"], ckpt["params"]
   ids, mask = _batch()
-  k1 = np.asarray(gpt2.generate(config, params, ids, mask, max_new_tokens=5, method="sample",
-                                top_k=1, eos_id=None, rng=jax.random.key(3)))
-  np.testing.assert_array_equal(_teacher_forced_argmax(config, params, ids, mask, k1), k1)
-  a, b, c = (gpt2.generate(config, params, ids, mask, max_new_tokens=5, method="sample",
-                           temperature=2.0, top_p=0.9, eos_id=None, rng=jax.random.key(s))
-             for s in (1, 1, 2))
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert not np.array_equal(np.asarray(a), np.asarray(c))
+  sample = lambda t, p, s: np.asarray(gpt2.generate(
+      config, params, ids, mask, max_new_tokens=20, method="sample", temperature=t, top_p=p,
+      eos_id=None, rng=jax.random.key(s)))
+  cold = sample(1e-4, 1.0, 3)
+  np.testing.assert_array_equal(_teacher_forced_argmax(config, params, ids, mask, cold), cold)
+  a, b, c = sample(2.0, 0.9, 1), sample(2.0, 0.9, 1), sample(2.0, 0.9, 2)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
 
 
 def test_sharded_safetensors_and_pytorch_bin(ckpt, tmp_path):

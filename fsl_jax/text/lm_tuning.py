@@ -12,6 +12,7 @@ bit-identical (tests check it). `assemble` builds the inference view.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -216,6 +217,18 @@ def _default_lr(method: str) -> float:
   return {"prompt": 0.03, "prefix": 5e-3, "lora": 2e-3}[method]
 
 
+@functools.lru_cache(maxsize=8)
+def _optimizer_and_step(cfg, spec, lr, warmup, train_new_rows, dropout, keys):
+  """One compiled step per (model, method, optimizer) in a process (reruns reuse it)."""
+  tx = optax.adamw(optax.warmup_constant_schedule(0.0, lr, warmup), weight_decay=0.0)
+  if not train_new_rows:
+    labels = {k: "f" if k == "new_rows" else "t" for k in keys}
+    tx = optax.multi_transform({"t": tx, "f": optax.set_to_zero()},
+                               lambda tuned: {k: jax.tree.map(lambda _: labels[k], v)
+                                              for k, v in tuned.items()})
+  return tx, make_train_step(cfg, spec, tx, dropout=dropout)
+
+
 def _decode(tokenizer, out_BxN: np.ndarray, eos_id: int) -> list[str]:
   texts = []
   for row in out_BxN:
@@ -261,14 +274,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if not config.train_new_rows and "new_rows" in tuned:
     logging.info("New token rows stay at their initialisation (train_new_rows=False).")
   lr = config.learning_rate or _default_lr(config.method)
-  tx = optax.adamw(optax.warmup_constant_schedule(0.0, lr, max(1, config.num_steps // 20)),
-                   weight_decay=0.0)
-  if not config.train_new_rows:
-    tx = optax.multi_transform({"t": tx, "f": optax.set_to_zero()},
-                               {k: jax.tree.map(lambda _: "f" if k == "new_rows" else "t", v)
-                                for k, v in tuned.items()})
+  tx, step_fn = _optimizer_and_step(cfg, spec, float(lr), max(1, config.num_steps // 20),
+                                    bool(config.train_new_rows), config.dropout > 0,
+                                    tuple(sorted(tuned)))
   opt_state = tx.init(tuned)
-  step_fn = make_train_step(cfg, spec, tx, dropout=config.dropout > 0)
 
   meta = {"method": config.method, "model": base_name, "spec": spec.to_json()}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, keep=2)

@@ -54,13 +54,13 @@ def main(argv):
   step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh),
                  donate_argnums=0)
   t0 = time.perf_counter()
-  state, m = step(state, sampler.images, sampler.counts)
-  jax.block_until_ready(m)
+  state = step(state, sampler.images, sampler.counts)
+  jax.block_until_ready(state)
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(FLAGS.steps):
-    state, m = step(state, sampler.images, sampler.counts)
-  jax.block_until_ready(m)
+    state = step(state, sampler.images, sampler.counts)
+  jax.block_until_ready(state)
   dt = time.perf_counter() - t0
   # Sampling alone, to show it is a small part of the step.
   batch = jax.jit(sampler.batch_fn(), static_argnums=1)

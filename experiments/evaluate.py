@@ -38,8 +38,7 @@ def main(argv):
   spec = EpisodeSpec(pick(FLAGS.ways, ev.ways), pick(FLAGS.shots, ev.shots),
                      pick(FLAGS.queries, ev.queries))
   source = meta_trainer.load_split(cfg.data, split)
-  _, learner, variables, step = meta_trainer.load_for_eval(
-      FLAGS.workdir, source.image_shape, FLAGS.step)
+  _, learner, variables, step = meta_trainer.load_for_eval(FLAGS.workdir, FLAGS.step)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
                                split=split)

@@ -16,6 +16,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output folder.")
 flags.DEFINE_integer("runs", 20, "Number of runs.")
 flags.DEFINE_integer("seed", 0, "Seed for alphabets, characters and drawers.")
+flags.DEFINE_integer("ways", 20, "Characters per run (Lake et al.: 20).")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
 flags.mark_flags_as_required(["out"])
 
@@ -32,7 +33,7 @@ def main(argv):
   names = list(data["alphabet_names"])
   alpha_of = {int(l): int(a) for l, a in zip(data["label"], data["alphabet"])}
   groups = [names[alpha_of[int(n)]] if names else str(alpha_of[int(n)]) for n in chars.class_names]
-  lake_runs.write_runs(FLAGS.out, chars.images[..., 0], groups, FLAGS.runs, seed=FLAGS.seed)
+  lake_runs.write_runs(FLAGS.out, chars.images[..., 0], groups, FLAGS.runs, FLAGS.ways, FLAGS.seed)
   print(f"wrote {FLAGS.runs} runs to {FLAGS.out}")
 
 

@@ -76,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.train_split, c.data.val_split = "trainval", ""
     # 120 images per episode (a third of Snell's 60-way x 6) to fit 2 cores.
     c.train.ways, c.train.queries = 30, 3
-    c.train.steps = 2400
-    c.optimizer.decay_every = 600
+    c.train.steps = 3000
+    c.optimizer.decay_every = 750
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg:
     raise ValueError(f"Unknown variant {arg!r}; use runlocal, demo or cpu60.")

@@ -9,7 +9,8 @@ custom VJP built from operations XLA runs fast on CPU:
   in/out-transposed kernel (stride 1, SAME padding);
 - dW is one matmul of the im2col patches, laid out [k*k*C, B*H*W] so the big
   contraction is a plain row-major matmul;
-- max-pool's dx routes the cotangent through a "was the max" mask.
+- max-pool's dx routes the cotangent to the first maximum of each window
+  (as XLA does) through an elementwise mask.
 
 `impl='auto'` uses them on CPU and XLA's native gradients elsewhere (GPU/TPU
 have fast convolution gradients and the native ones vmap into grouped convs).
@@ -76,13 +77,18 @@ def _pool_fwd(x):
 def _pool_bwd(res, g):
   x, y = res
   b, h, w, c = x.shape
-  h2, w2 = h // 2 * 2, w // 2 * 2
-  up = lambda a: jnp.broadcast_to(a[:, :, None, :, None, :], (b, h // 2, 2, w // 2, 2, c)
-                                  ).reshape(b, h2, w2, c)
-  # Ties (e.g. several zeros after a ReLU) all receive the cotangent; after a
-  # ReLU their incoming gradient is zero anyway, elsewhere ties have measure 0.
-  dx = jnp.where(x[:, :h2, :w2] == up(y), up(g), 0).astype(x.dtype)
-  return (jnp.pad(dx, ((0, 0), (0, h - h2), (0, w - w2), (0, 0))),)
+  h2, w2 = h // 2, w // 2
+  # Window elements in row-major order, as XLA's select-and-scatter visits them.
+  win = x[:, :2 * h2, :2 * w2].reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  win = win.reshape(b, h2, w2, c, 4)
+  is_max = win == y[..., None]
+  # Only the first maximum of a window gets the cotangent: ties are common
+  # (constant background regions), and giving each tied element the full
+  # cotangent would over-count the gradient.
+  first = is_max & (jnp.cumsum(is_max, axis=-1) == 1)
+  dx = jnp.where(first, g[..., None], 0).astype(x.dtype)
+  dx = dx.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h2, 2 * w2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
 
 
 max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)

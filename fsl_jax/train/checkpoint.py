@@ -69,5 +69,13 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return out["state"], dict(out["meta"])
 
+  def restore_raw(self, step: int | None = None) -> Any:
+    """The saved `state` tree as stored, without a target (for evaluation)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    return self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+
   def close(self):
     self._mngr.close()

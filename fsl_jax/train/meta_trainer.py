@@ -101,7 +101,7 @@ def spec_from(cfg) -> EpisodeSpec:
 # ----------------------------------------------------------------- the step
 
 def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh: Mesh):
-  """A pure `step(state, images, counts) -> (state, metrics)`, not yet jitted."""
+  """A pure `step(state, images, counts) -> state`, not yet jitted."""
   batch_fn = sampler.batch_fn()
   episode_sharding = NamedSharding(mesh, P("data"))
 
@@ -123,10 +123,14 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
     params = optax.apply_updates(state["params"], updates)
     # Model state (BatchNorm running stats) updated per episode; average them.
     model_state = jax.tree.map(lambda x: x.mean(0), aux["model_state"]) or state["model_state"]
-    new_state = {**state, "params": params, "opt_state": opt_state, "model_state": model_state,
-                 "step": state["step"] + 1}
-    return new_state, {"loss": loss, "accuracy": aux["accuracy"].mean(),
-                       "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "accuracy": aux["accuracy"].mean(),
+               "grad_norm": optax.global_norm(grads)}
+    # Running sums since the last log line live in the (checkpointed) state,
+    # so a run resumed mid-interval logs exactly what an uninterrupted one does.
+    sums = {k: state["metric_sums"][k] + v for k, v in metrics.items()}
+    return {**state, "params": params, "opt_state": opt_state, "model_state": model_state,
+            "step": state["step"] + 1, "metric_sums": sums,
+            "metric_count": state["metric_count"] + 1}
 
   return step
 
@@ -145,7 +149,16 @@ def init_state(learner, tx, image_shape, spec: EpisodeSpec, seed: int) -> dict:
   variables = learner.init(k_init, dummy_episode(image_shape, spec))
   params = variables.pop("params")
   return {"params": params, "model_state": variables, "opt_state": tx.init(params),
-          "step": jnp.asarray(0, jnp.int32), "rng": jax.random.key_data(k_run)}
+          "step": jnp.asarray(0, jnp.int32), "rng": jax.random.key_data(k_run),
+          **_zero_metrics()}
+
+
+METRICS = ("loss", "accuracy", "grad_norm")
+
+
+def _zero_metrics() -> dict:
+  return {"metric_sums": {k: jnp.zeros((), jnp.float32) for k in METRICS},
+          "metric_count": jnp.zeros((), jnp.int32)}
 
 
 def checkpoint_meta(config) -> dict:
@@ -244,22 +257,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f.write(config.to_json_best_effort(indent=2))
 
   step_fn = jax.jit(make_train_step(learner, tx, sampler, int(tcfg.meta_batch), mesh),
-                    donate_argnums=0, out_shardings=(replicated, replicated))
+                    donate_argnums=0, out_shardings=replicated)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   progress = metrics_lib.Progress(start, int(tcfg.steps))
   preempt = _Preemption()
   meta_ = checkpoint_meta(config)
   val_src = None
-  acc_sum = {}
   try:
     for step in range(start + 1, int(tcfg.steps) + 1):
-      state, m = step_fn(state, sampler.images, sampler.counts)
-      for k, v in m.items():
-        acc_sum[k] = acc_sum.get(k, 0.0) + v
+      state = step_fn(state, sampler.images, sampler.counts)
       if step % int(config.log_every) == 0 or step == int(tcfg.steps):
-        n = (step - 1) % int(config.log_every) + 1
-        row = {k: float(v) / n for k, v in acc_sum.items()}
-        acc_sum = {}
+        n = int(state["metric_count"])
+        row = {k: float(v) / n for k, v in state["metric_sums"].items()}
+        state = {**state, **jax.device_put(_zero_metrics(), replicated)}
         rate = progress.rate(step)
         row["episodes_per_s"] = rate * int(tcfg.meta_batch)
         writer.write(step, row)
@@ -318,21 +328,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     ckpt.close()
 
 
-def load_for_eval(workdir: str, image_shape, step: int | None = None):
-  """(config, learner, variables, step) from a checkpoint (default: latest) in workdir."""
+def load_for_eval(workdir: str, step: int | None = None):
+  """(config, learner, variables, step) from a checkpoint (default: latest) in workdir.
+
+  Restores only what evaluation needs (params and model state), as saved.
+  """
   ckpt = _open_checkpoints(workdir)
   try:
     if step is not None and step not in ckpt.all_steps():
       raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt.directory}; "
                               f"it has steps {ckpt.all_steps()}.")
     config = ml_collections.ConfigDict(ckpt.restore_meta(step)["config"])
-    learner = make_learner(config)
-    tx = make_optimizer(config.optimizer, int(config.train.steps))
-    target = init_state(learner, tx, image_shape, spec_from(config.train), int(config.seed))
-    state, _ = ckpt.restore(target, step)
+    state = ckpt.restore_raw(step)
   finally:
     ckpt.close()
-  return config, learner, _variables(state), int(state["step"])
+  learner = make_learner(config)
+  variables = jax.tree.map(jnp.asarray, _variables(state))
+  return config, learner, variables, int(state["step"])
 
 
 def log_result(workdir: str, result: dict) -> None:

@@ -13,8 +13,7 @@ from fsl_jax.train import meta_trainer
 def evaluate_runs(workdir: str, runs_dir: str, step: int | None = None) -> dict:
   config = meta_trainer.load_config(workdir)
   runs = lake_runs.read_runs(runs_dir, int(config.data.get("image_size", 28)))
-  _, learner, variables, step = meta_trainer.load_for_eval(
-      workdir, runs[0].train_x.shape[1:], step)
+  _, learner, variables, step = meta_trainer.load_for_eval(workdir, step)
   predict = jax.jit(learner.predict)
   errors = []
   for run in runs:

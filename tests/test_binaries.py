@@ -1,0 +1,139 @@
+"""End-to-end runs of every binary on synthetic Omniglot (tfds mock), in subprocesses.
+
+Each binary runs as `python -m fsl_jax.data.testing MODULE ...`, which serves
+a synthetic Omniglot through `tfds.testing.mock_data`, so these tests need
+no data and no network.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = "experiments/configs/protonet_omniglot.py:runlocal"
+
+
+def run(module, *args, mock=True, env=None, check=True, timeout=600):
+  cmd = [sys.executable, "-m"] + (["fsl_jax.data.testing", module] if mock else [module])
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  proc = subprocess.run(cmd + list(args), cwd=ROOT, env=full_env, capture_output=True,
+                        text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def last_json(proc):
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def metrics(workdir):
+  return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_args(workdir, *extra):
+  return ["--config=" + CONFIG, f"--workdir={workdir}", *extra]
+
+
+def test_train_evaluate_and_one_shot(tmp_path):
+  wd = tmp_path / "wd"
+  res = last_json(run("experiments.meta_train", *train_args(wd)))
+  assert set(res) == {"split", "ways", "shots", "accuracy", "ci95", "episodes"}
+  assert (res["split"], res["ways"], res["shots"], res["episodes"]) == ("test", 5, 1, 20)
+  assert 0.0 <= res["accuracy"] <= 1.0 and res["ci95"] > 0
+  rows = metrics(wd)
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
+  assert any("val_accuracy" in r for r in rows)
+  assert all(r["episodes_per_s"] > 0 for r in rows if "loss" in r)
+  assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+  assert sorted(int(p.name) for p in (wd / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+
+  ev = last_json(run("experiments.evaluate", f"--workdir={wd}", "--ways=10", "--shots=2",
+                     "--episodes=30"))
+  assert (ev["ways"], ev["shots"], ev["episodes"], ev["split"]) == (10, 2, 30, "test")
+  # Same episodes as the training binary's own final evaluation.
+  same = last_json(run("experiments.evaluate", f"--workdir={wd}", "--episodes=20"))
+  assert same["accuracy"] == res["accuracy"]
+
+  runs = tmp_path / "runs"
+  run("experiments.make_lake_runs", f"--out={runs}", "--runs=3", "--ways=10")
+  labels = (runs / "run02" / "class_labels.txt").read_text().split("\n")
+  assert labels[0].startswith("run02/test/item01.png run02/training/class")
+  assert len(list((runs / "run02" / "training").glob("class*.png"))) == 10
+  one = last_json(run("experiments.omniglot_one_shot", f"--workdir={wd}", f"--runs_dir={runs}"))
+  assert one["runs"] == 3 and 0.0 <= one["error_rate"] <= 1.0
+
+
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
+  args = ["--config.train.steps=40", "--config.log_every=4", "--config.checkpoint_every=1000",
+          "--config.val_every=0", "--config.eval.episodes=10"]
+  full = last_json(run("experiments.meta_train", *train_args(tmp_path / "a", *args)))
+
+  cmd = [sys.executable, "-m", "fsl_jax.data.testing", "experiments.meta_train",
+         *train_args(tmp_path / "b", *args)]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                          stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if " step 4/40 " in line:  # training is under way: preempt it
+      proc.send_signal(signal.SIGTERM)
+      break
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 143, err[-2000:]
+  saved = [int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert saved and 4 <= saved[0] < 40
+  resumed = last_json(run("experiments.meta_train", *train_args(tmp_path / "b", *args)))
+  assert resumed == full
+  assert metrics(tmp_path / "b") == [
+      {**r, "episodes_per_s": m["episodes_per_s"]}
+      for r, m in zip(metrics(tmp_path / "a"), metrics(tmp_path / "b"))]
+
+
+def test_four_devices_match_one(tmp_path):
+  args = ["--config.train.meta_batch=4", "--config.val_every=0", "--config.eval.episodes=10"]
+  one = run("experiments.meta_train", *train_args(tmp_path / "one", "--config.devices=1", *args))
+  four = run("experiments.meta_train", *train_args(tmp_path / "four", "--config.devices=4", *args),
+             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  m1, m4 = metrics(tmp_path / "one"), metrics(tmp_path / "four")
+  assert [r["step"] for r in m1] == [r["step"] for r in m4]
+  for a, b in zip(m1, m4):
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b["accuracy"], a["accuracy"], atol=1e-5)
+  np.testing.assert_allclose(last_json(four)["accuracy"], last_json(one)["accuracy"], atol=1e-5)
+  bad = run("experiments.meta_train", *train_args(tmp_path / "bad", "--config.devices=4"),
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, check=False)
+  assert bad.returncode == 2 and "multiple of 4" in bad.stderr
+
+
+def test_errors_name_the_fix(tmp_path):
+  unknown = run("experiments.meta_train", *train_args(tmp_path / "u", "--config.train.wayz=5"),
+                check=False)
+  assert unknown.returncode == 2 and "unknown config key" in unknown.stderr
+  assert 'Did you mean "ways"' in unknown.stderr
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  nockpt = run("experiments.evaluate", f"--workdir={empty}", check=False)
+  assert nockpt.returncode == 2 and "No checkpoint" in nockpt.stderr
+  assert "experiments.meta_train" in nockpt.stderr
+
+  missing = run("experiments.meta_train", *train_args(tmp_path / "m"), mock=False, check=False,
+                env={"TFDS_DATA_DIR": str(empty)})
+  assert missing.returncode == 2 and "TFDS_DATA_DIR" in missing.stderr
+
+  too_many = run("experiments.meta_train",
+                 *train_args(tmp_path / "w", "--config.train.ways=100"), check=False)
+  assert too_many.returncode == 2 and "100-way episodes need 100 classes" in too_many.stderr
+  too_few = run("experiments.meta_train",
+                *train_args(tmp_path / "q", "--config.train.queries=25"), check=False)
+  assert too_few.returncode == 2 and "lower shots or queries" in too_few.stderr
+
+  wd = tmp_path / "r"
+  run("experiments.meta_train", *train_args(wd, "--config.val_every=0"))
+  other = run("experiments.meta_train", *train_args(wd, "--config.train.shots=2"), check=False)
+  assert other.returncode == 2 and "train.shots: 1 -> 2" in other.stderr

@@ -95,10 +95,13 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
 
 
 def test_four_devices_match_one(tmp_path):
+  # Both runs in the same 4-device XLA client; only the mesh differs.
+  four_cpus = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   args = ["--config.train.meta_batch=4", "--config.val_every=0", "--config.eval.episodes=10"]
-  one = run("experiments.meta_train", *train_args(tmp_path / "one", "--config.devices=1", *args))
+  one = run("experiments.meta_train", *train_args(tmp_path / "one", "--config.devices=1", *args),
+            env=four_cpus)
   four = run("experiments.meta_train", *train_args(tmp_path / "four", "--config.devices=4", *args),
-             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+             env=four_cpus)
   m1, m4 = metrics(tmp_path / "one"), metrics(tmp_path / "four")
   assert [r["step"] for r in m1] == [r["step"] for r in m4]
   for a, b in zip(m1, m4):
@@ -110,18 +113,21 @@ def test_four_devices_match_one(tmp_path):
   assert bad.returncode == 2 and "multiple of 4" in bad.stderr
 
 
-def test_errors_name_the_fix(tmp_path):
+def test_config_errors_name_the_fix(tmp_path):
   unknown = run("experiments.meta_train", *train_args(tmp_path / "u", "--config.train.wayz=5"),
                 check=False)
   assert unknown.returncode == 2 and "unknown config key" in unknown.stderr
   assert 'Did you mean "ways"' in unknown.stderr
 
+  wd = tmp_path / "r"
+  run("experiments.meta_train", *train_args(wd, "--config.val_every=0"))
+  other = run("experiments.meta_train", *train_args(wd, "--config.train.shots=2"), check=False)
+  assert other.returncode == 2 and "train.shots: 1 -> 2" in other.stderr
+
+
+def test_data_errors_name_the_fix(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
-  nockpt = run("experiments.evaluate", f"--workdir={empty}", check=False)
-  assert nockpt.returncode == 2 and "No checkpoint" in nockpt.stderr
-  assert "experiments.meta_train" in nockpt.stderr
-
   missing = run("experiments.meta_train", *train_args(tmp_path / "m"), mock=False, check=False,
                 env={"TFDS_DATA_DIR": str(empty)})
   assert missing.returncode == 2 and "TFDS_DATA_DIR" in missing.stderr
@@ -133,7 +139,8 @@ def test_errors_name_the_fix(tmp_path):
                 *train_args(tmp_path / "q", "--config.train.queries=25"), check=False)
   assert too_few.returncode == 2 and "lower shots or queries" in too_few.stderr
 
-  wd = tmp_path / "r"
-  run("experiments.meta_train", *train_args(wd, "--config.val_every=0"))
-  other = run("experiments.meta_train", *train_args(wd, "--config.train.shots=2"), check=False)
-  assert other.returncode == 2 and "train.shots: 1 -> 2" in other.stderr
+
+def test_evaluate_without_checkpoint(tmp_path):
+  nockpt = run("experiments.evaluate", f"--workdir={tmp_path}", check=False)
+  assert nockpt.returncode == 2 and "No checkpoint" in nockpt.stderr
+  assert "experiments.meta_train" in nockpt.stderr

@@ -87,13 +87,17 @@ def test_greedy_matches_generate(ckpt):
   np.testing.assert_array_equal(ours, ref)
 
 
-@pytest.mark.parametrize("beams,lp,new", [(4, 1.0, 10), (3, 0.6, 7)])
-def test_beam_matches_generate(ckpt, beams, lp, new):
+@pytest.mark.parametrize("beams,lp,new,early", [(4, 1.0, 10, False), (3, 0.6, 7, False),
+                                                 (2, 1.0, 6, True)])
+def test_beam_matches_generate(ckpt, beams, lp, new, early):
   model, cfg, params, _ = ckpt
   ids, mask = _batch(5)
-  ref = _hf_generate(model, ids, mask, num_beams=beams, length_penalty=lp, max_new_tokens=new)
-  ours = sg.generate(cfg, params, ids, mask,
-                     sg.GenerationConfig(max_new_tokens=new, num_beams=beams, length_penalty=lp))
+  kw = {"bad_words_ids": [[PAD]]} if early else {}  # opus-mt configs ban the pad token
+  ref = _hf_generate(model, ids, mask, num_beams=beams, length_penalty=lp, max_new_tokens=new,
+                     early_stopping=early, **kw)
+  ours = sg.generate(cfg, params, ids, mask, sg.GenerationConfig(
+      max_new_tokens=new, num_beams=beams, length_penalty=lp, early_stopping=early,
+      bad_token_ids=(PAD,) if early else ()))
   np.testing.assert_array_equal(ours, ref)
 
 
@@ -101,3 +105,27 @@ def test_wrong_family_is_refused(ckpt):
   from fsl_jax.models import mbart  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="model_type='marian'"):
     mbart.load(str(ckpt[3]))
+
+
+@pytest.mark.parametrize("beams,lp", [(4, 1.0), (2, 1.0)])
+def test_beam_with_early_eos_matches_generate(ckpt, beams, lp):
+  """A raised EOS bias makes hypotheses finish at different steps (finished pool, early stop)."""
+  model, cfg, params, _ = ckpt
+  ids, mask = _batch(6)
+  old = model.final_logits_bias[0, EOS].item()
+  try:
+    with torch.no_grad():
+      model.final_logits_bias[0, EOS] = old + EOS_BOOST
+    ref = _hf_generate(model, ids, mask, num_beams=beams, length_penalty=lp, max_new_tokens=12)
+  finally:
+    with torch.no_grad():
+      model.final_logits_bias[0, EOS] = old
+  boosted = dict(params, final_logits_bias=params["final_logits_bias"].at[EOS].add(EOS_BOOST))
+  ours = sg.generate(cfg, boosted, ids, mask,
+                     sg.GenerationConfig(max_new_tokens=12, num_beams=beams, length_penalty=lp))
+  ends = [list(r).index(EOS) if EOS in r else len(r) for r in ours]
+  assert len(set(ends)) > 1, ends  # some hypotheses ended early, others ran on
+  np.testing.assert_array_equal(ours, ref)
+
+
+EOS_BOOST = 12.2  # rows then finish at different lengths (measured on this fixture)

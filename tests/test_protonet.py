@@ -64,4 +64,5 @@ def test_loss_decreases_and_accuracy_rises():
   after = evaluation.evaluate(learner, {"params": params, **state}, test, EpisodeSpec(5, 1, 5),
                               100, seed=7)
   assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
-  assert after["accuracy"] > before["accuracy"] + 0.2, (before, after)
+  assert after["accuracy"] > before["accuracy"] + 0.1, (before, after)
+  assert after["accuracy"] > 0.6, (before, after)

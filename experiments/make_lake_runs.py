@@ -24,16 +24,10 @@ flags.mark_flags_as_required(["out"])
 def main(argv):
   del argv
   common.setup()
-  from fsl_jax.data import lake_runs, omniglot, sources  # pylint: disable=g-import-not-at-top
+  from fsl_jax.data import lake_runs, omniglot  # pylint: disable=g-import-not-at-top
   data = omniglot.read_tfds_split("omniglot", "test", FLAGS.data_dir)
-  strokes = sources.to_strokes(data["image"])  # [N, 105, 105]
-  chars = sources.ClassImages.from_flat(
-      strokes[..., None], data["label"],
-      groups=[str(a) for a in range(int(data["label"].max()) + 1)])
-  names = list(data["alphabet_names"])
-  alpha_of = {int(l): int(a) for l, a in zip(data["label"], data["alphabet"])}
-  groups = [names[alpha_of[int(n)]] if names else str(alpha_of[int(n)]) for n in chars.class_names]
-  lake_runs.write_runs(FLAGS.out, chars.images[..., 0], groups, FLAGS.runs, FLAGS.ways, FLAGS.seed)
+  images, groups = lake_runs.characters_by_alphabet(data)
+  lake_runs.write_runs(FLAGS.out, images, groups, FLAGS.runs, FLAGS.ways, FLAGS.seed)
   print(f"wrote {FLAGS.runs} runs to {FLAGS.out}")
 
 

@@ -48,12 +48,9 @@ def test_folder_source_matches_tfds_preprocessing(shared_dir):
 
 def test_lake_runs_round_trip_on_evaluation_images(shared_dir, tmp_path):
   data = omniglot.read_tfds_split("omniglot", "test", str(shared_dir / "tfds"))
-  strokes = sources.to_strokes(data["image"])
-  chars = sources.ClassImages.from_flat(strokes[..., None], data["label"])
-  names = list(data["alphabet_names"])
-  alpha_of = {int(l): names[int(a)] for l, a in zip(data["label"], data["alphabet"])}
-  groups = [alpha_of[int(n)] for n in chars.class_names]
-  lake_runs.write_runs(str(tmp_path), chars.images[..., 0], groups, num_runs=2)
+  images, groups = lake_runs.characters_by_alphabet(data)
+  assert images.shape == (659, 20, 105, 105) and len(set(groups)) == 20
+  lake_runs.write_runs(str(tmp_path), images, groups, num_runs=2)
   runs = lake_runs.read_runs(str(tmp_path))
   assert len(runs) == 2
   run = runs[0]

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fsl_jax.data.folders import read_png_strokes
-from fsl_jax.data.sources import DataError, resize
+from fsl_jax.data.sources import ClassImages, DataError, resize, to_strokes
 
 
 @dataclasses.dataclass
@@ -59,6 +59,16 @@ def read_runs(runs_dir: str, image_size: int = 28) -> list[Run]:
         np.stack([read_png_strokes(p.read_bytes()) for p in files])[..., None], image_size)
     runs.append(Run(run.name, load(train_files), load(test_files), np.asarray(test_y)))
   return runs
+
+
+def characters_by_alphabet(data: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+  """A TFDS Omniglot split (`omniglot.read_tfds_split`) at full resolution as
+  (strokes [C, drawers, H, W], alphabet name of each character)."""
+  chars = ClassImages.from_flat(to_strokes(data["image"])[..., None], data["label"])
+  names = list(data["alphabet_names"])
+  alpha_of = {int(l): int(a) for l, a in zip(data["label"], data["alphabet"])}
+  groups = [names[alpha_of[int(n)]] if names else str(alpha_of[int(n)]) for n in chars.class_names]
+  return chars.images[..., 0], groups
 
 
 def _save_png(strokes_HxW: np.ndarray, path: pathlib.Path) -> None:

@@ -74,10 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg == "cpu60":
     c.data.train_split, c.data.val_split = "trainval", ""
-    # 120 images per episode (a third of Snell's 60-way x 6) to fit 2 cores.
-    c.train.ways, c.train.queries = 30, 3
-    c.train.steps = 5500
-    c.optimizer.decay_every = 1375
+    # Snell's 60-way 1-shot episodes with 2 queries per class instead of 5
+    # (180 images, half of Snell's 360) and Snell's halving every 2000 steps.
+    c.train.ways, c.train.queries = 60, 2
+    c.train.steps = 8000
+    c.optimizer.decay_every = 2000
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg:
     raise ValueError(f"Unknown variant {arg!r}; use runlocal, demo or cpu60.")

@@ -2,3 +2,6 @@
 
 from fsl_jax.meta.base import Learner, get, names, register
 from fsl_jax.meta import protonet  # noqa: F401  (registers itself)
+from fsl_jax.meta import baseline  # noqa: F401
+from fsl_jax.meta import matchingnet  # noqa: F401
+from fsl_jax.meta import r2d2  # noqa: F401

@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Snell's 60-way 1-shot episodes with 2 queries per class instead of 5
     # (180 images, half of Snell's 360) and Snell's halving every 2000 steps.
     c.train.ways, c.train.queries = 60, 2
-    c.train.steps = 7000
+    c.train.steps = 8000
     c.optimizer.decay_every = 2000
     c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
   elif arg:

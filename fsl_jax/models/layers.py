@@ -45,7 +45,9 @@ def _conv_fwd(x, w):
 def _conv_bwd(res, g_BxHxWxO):
   x, w = res
   k = w.shape[0]
-  dx = _conv(g_BxHxWxO, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+  # conv_same (not _conv) so that differentiating this VJP again, as
+  # second-order MAML does, also takes the fast path.
+  dx = conv_same(g_BxHxWxO, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
   b, h, wd, c = x.shape
   p = k // 2
   x_CxBxHxW = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0), (p, p), (p, p)))
@@ -124,3 +126,39 @@ def max_pool(x, impl: str = "auto"):
   if resolve_impl(impl) == "cpu":
     return max_pool_2x2(x)
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class StepBatchNorm(nn.Module):
+  """BatchNorm with `steps` sets of scale/bias and running statistics.
+
+  MAML++ (Antoniou et al., 2019) keeps per-inner-step BatchNorm weights and
+  statistics; `step` (an int, possibly traced) picks the set. Statistics are
+  over all but the last axis; running averages update only when the
+  'batch_stats' collection is mutable.
+  """
+  steps: int
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x, train: bool, step):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (self.steps, c))
+    bias = self.param("bias", nn.initializers.zeros, (self.steps, c))
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((self.steps, c)))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((self.steps, c)))
+    step = jnp.minimum(step, self.steps - 1)
+    axes = tuple(range(x.ndim - 1))
+    if train:
+      mean = x.mean(axes)
+      var = jnp.maximum((x * x).mean(axes) - mean * mean, 0.0)
+      if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = ra_mean.value.at[step].set(
+            m * ra_mean.value[step] + (1 - m) * jax.lax.stop_gradient(mean))
+        ra_var.value = ra_var.value.at[step].set(
+            m * ra_var.value[step] + (1 - m) * jax.lax.stop_gradient(var))
+    else:
+      mean, var = ra_mean.value[step], ra_var.value[step]
+    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return y * scale[step] + bias[step]

@@ -41,7 +41,7 @@ def main(argv):
   _, learner, variables, step = meta_trainer.load_for_eval(FLAGS.workdir, FLAGS.step)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
-                               split=split)
+                               split=split, batching=cfg.train.get("task_batching", "auto"))
   print(json.dumps(result), flush=True)
   meta_trainer.log_result(FLAGS.workdir, {**result, "step": step})
 

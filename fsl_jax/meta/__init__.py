@@ -1,7 +1,8 @@
 """Meta-learners, chosen by name from a registry (see `fsl_jax.meta.base`)."""
 
-from fsl_jax.meta.base import Learner, get, names, register
-from fsl_jax.meta import protonet  # noqa: F401  (registers itself)
+from fsl_jax.meta.base import Learner, get, map_tasks, names, register, task_batching
+from fsl_jax.meta import maml  # noqa: F401  (registers itself)
+from fsl_jax.meta import protonet  # noqa: F401
 from fsl_jax.meta import baseline  # noqa: F401
 from fsl_jax.meta import matchingnet  # noqa: F401
 from fsl_jax.meta import r2d2  # noqa: F401

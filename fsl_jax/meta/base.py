@@ -10,6 +10,13 @@ A learner is a small object around a Flax backbone with three pure methods:
 - `predict(variables, episode, key) -> logits [N*Q, N]`: query logits after
   whatever adaptation the learner does on the support set.
 
+Optional attributes the trainer reads: `per_task_weights` (True when the
+learner adapts weights per task, see `task_batching`) and `uses_step` (True
+when `outer_loss` takes the training step as `step=`, for schedules inside
+the loss such as MAML++'s annealing). Gradient-based learners share
+`fsl_jax.meta.maml.GradientLearner`, whose `adapt(variables, x, y, steps)`
+returns fast weights; a new one overrides a hook or two (see docs/learners.md).
+
 Episodes are dicts with support_x [N*K, H, W, D], support_y [N*K],
 query_x [N*Q, H, W, D], query_y [N*Q] (see `fsl_jax.data.episodes`).
 """
@@ -33,6 +40,29 @@ class Learner(Protocol):
                  train: bool = True) -> tuple[jax.Array, dict]: ...
 
   def predict(self, variables: Variables, episode: Episode, key: jax.Array) -> jax.Array: ...
+
+
+def task_batching(learner, batching: str = "auto") -> str:
+  """'vmap' or 'map': how a meta-batch of tasks runs.
+
+  Learners that adapt per-task weights (`per_task_weights = True`, the MAML
+  family) turn vmapped convolutions into grouped convolutions, which XLA on
+  CPU runs several times slower than a loop; 'auto' therefore loops
+  (`lax.map`) for them on CPU and vmaps everywhere else.
+  """
+  if batching == "auto":
+    per_task = getattr(learner, "per_task_weights", False)
+    return "map" if per_task and jax.default_backend() == "cpu" else "vmap"
+  if batching not in ("vmap", "map"):
+    raise ValueError(f"Unknown task batching {batching!r}; use auto, vmap or map.")
+  return batching
+
+
+def map_tasks(fn: Callable, batching: str) -> Callable:
+  """fn over the leading (task) axis of all its arguments, by vmap or lax.map."""
+  if batching == "vmap":
+    return jax.vmap(fn)
+  return lambda *args: jax.lax.map(lambda a: fn(*a), args)
 
 
 _REGISTRY: dict[str, Callable[..., Learner]] = {}

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import meta
 from fsl_jax.data.episodes import EpisodeSampler, EpisodeSpec
 from fsl_jax.data.sources import ClassImages
 
@@ -18,7 +19,8 @@ def episode_chunk(spec: EpisodeSpec, images_per_chunk: int = 4096) -> int:
 
 
 def evaluate(learner, variables, source: ClassImages, spec: EpisodeSpec, episodes: int = 1000,
-             seed: int = 0, rotations: bool = False, split: str = "test") -> dict:
+             seed: int = 0, rotations: bool = False, split: str = "test",
+             batching: str = "auto") -> dict:
   """Accuracy on episodes i = 0..E-1 drawn with fold_in(PRNGKey(seed), i).
 
   The episode set depends only on (source, spec, seed, E), so any two
@@ -38,7 +40,9 @@ def evaluate(learner, variables, source: ClassImages, spec: EpisodeSpec, episode
       logits = learner.predict(variables, ep, jax.random.fold_in(base, -1 - i))
       return jnp.mean(jnp.argmax(logits, -1) == ep["query_y"])
 
-    return jax.lax.map(acc, idx) if chunk > 64 else jax.vmap(acc)(idx)
+    if chunk > 64 or meta.task_batching(learner, batching) == "map":
+      return jax.lax.map(acc, idx)
+    return jax.vmap(acc)(idx)
 
   accs = []
   for start in range(0, episodes, chunk):

@@ -11,6 +11,8 @@ checkpoint and produces exactly the metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import os
 import signal
@@ -54,9 +56,27 @@ def load_split(data_cfg, split: str) -> sources_lib.ClassImages:
       f"Unknown dataset {name!r}; use 'omniglot', 'omniglot_folder' or 'image_folder'.")
 
 
+def import_modules(config) -> None:
+  """Imports `config.imports` (comma-separated modules), e.g. one registering a learner."""
+  for name in filter(None, (m.strip() for m in str(config.get("imports", "") or "").split(","))):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ImportError(f"config.imports names {name!r}, which does not import ({e}); "
+                        "is its directory on PYTHONPATH?") from e
+
+
 def make_learner(config):
+  import_modules(config)
   model = models.get(config.model, **dict(config.get("model_kwargs", {})))
-  return meta.get(config.learner, model=model, **dict(config.get("learner_kwargs", {})))
+  kwargs = dict(config.get("learner_kwargs", {}))
+  try:
+    return meta.get(config.learner, model=model, **kwargs)
+  except TypeError as e:
+    if "unexpected keyword" not in str(e):
+      raise
+    raise ValueError(f"Learner {config.learner!r} does not take an option in "
+                     f"config.learner_kwargs={kwargs} ({e}).") from e
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
@@ -100,10 +120,17 @@ def spec_from(cfg) -> EpisodeSpec:
 
 # ----------------------------------------------------------------- the step
 
-def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh: Mesh):
-  """A pure `step(state, images, counts) -> state`, not yet jitted."""
+def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh: Mesh,
+                    batching: str = "auto"):
+  """A pure `step(state, images, counts) -> state`, not yet jitted.
+
+  `batching` ('auto' | 'vmap' | 'map') runs the meta-batch's tasks batched
+  or in a loop; see `fsl_jax.meta.base.task_batching`.
+  """
   batch_fn = sampler.batch_fn()
   episode_sharding = NamedSharding(mesh, P("data"))
+  over_tasks = functools.partial(meta.map_tasks, batching=meta.task_batching(learner, batching))
+  step_kw = getattr(learner, "uses_step", False)
 
   def step(state, images, counts):
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -114,8 +141,9 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
 
     def loss_fn(params):
       variables = {"params": params, **state["model_state"]}
-      one = lambda ep, k: learner.outer_loss(variables, ep, k, train=True)
-      losses, aux = jax.vmap(one)(episodes, loss_keys)
+      kw = {"step": state["step"]} if step_kw else {}
+      one = lambda ep, k: learner.outer_loss(variables, ep, k, train=True, **kw)
+      losses, aux = over_tasks(one)(episodes, loss_keys)
       return losses.mean(), aux
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -168,7 +196,7 @@ def checkpoint_meta(config) -> dict:
 
 # Config keys that may change between a run and its resumption: they change
 # neither the training trajectory nor the architecture.
-RESUMABLE_KEYS = ("train.steps", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
+RESUMABLE_KEYS = ("train.steps", "train.task_batching", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
                   "val_episodes", "eval.", "data.data_dir", "data.download", "devices")
 
 
@@ -241,6 +269,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                config.data.train_split, train_src.num_classes,
                "with" if config.data.rotations else "no", time.time() - t0)
   learner = make_learner(config)
+  want = getattr(learner, "num_classes", 0)  # classifiers over all training classes (Baseline++)
+  have = train_src.num_classes * (4 if config.data.rotations else 1)
+  if want and want != have:
+    raise ValueError(
+        f"config.learner_kwargs.num_classes={want}, but {config.data.name}/"
+        f"{config.data.train_split} has {have} classes{' with rotations' if config.data.rotations else ''}; "
+        f"set --config.learner_kwargs.num_classes={have}.")
   tx = make_optimizer(config.optimizer, int(tcfg.steps))
   state = init_state(learner, tx, train_src.image_shape, spec_from(tcfg), int(config.seed))
 
@@ -256,7 +291,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
-  step_fn = jax.jit(make_train_step(learner, tx, sampler, int(tcfg.meta_batch), mesh),
+  batching = tcfg.get("task_batching", "auto")
+  step_fn = jax.jit(make_train_step(learner, tx, sampler, int(tcfg.meta_batch), mesh, batching),
                     donate_argnums=0, out_shardings=replicated)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   progress = metrics_lib.Progress(start, int(tcfg.steps))
@@ -281,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           val_src = load_split(config.data, config.data.val_split)
         res = evaluation.evaluate(learner, _variables(state), val_src, spec_from(config.eval),
                                   int(config.get("val_episodes", 200)), int(config.eval.seed),
-                                  split=config.data.val_split)
+                                  split=config.data.val_split, batching=batching)
         writer.write(step, {"val_accuracy": res["accuracy"], "val_ci95": res["ci95"]})
         metrics_lib.log("step %d val accuracy %.4f ± %.4f", step, res["accuracy"], res["ci95"])
       ckpt.save(step, state, meta_)
@@ -298,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test_src = load_split(config.data, config.eval.split)
   result = evaluation.evaluate(learner, _variables(state), test_src, spec_from(config.eval),
                                int(config.eval.episodes), int(config.eval.seed),
-                               split=config.eval.split)
+                               split=config.eval.split, batching=batching)
   log_result(workdir, {**result, "step": int(tcfg.steps)})
   return result
 

@@ -1,0 +1,305 @@
+"""Gradient-based meta-learners: MAML, first-order MAML, ANIL, Meta-SGD, MAML++.
+
+All share `GradientLearner`: a classifier backbone (Conv4 with an N-way head)
+whose weights are adapted on each task's support set by `lax.scan` over inner
+SGD steps of `jax.grad`, then scored on the query set. The outer gradient
+flows through the inner updates (second order) unless `first_order`.
+
+A variant overrides hooks rather than the loop:
+- `inner_partition(net) -> (adapted, frozen)`: which weights adapt (ANIL: the head);
+- `init_meta(key, net) -> dict`: extra meta-learned parameters (learned rates);
+- `inner_update(fast, grads, meta, i) -> fast`: the inner step (Meta-SGD, MAML++);
+- `step_weights(step) -> [S] | None`: query loss after every inner step (MAML++).
+
+Variables are {'params': {'net': backbone params, **meta params},
+'batch_stats': ...}. BatchNorm uses the statistics of the batch it sees
+(support or query) at meta-test time when `transductive` (Finn et al.'s
+MAML); otherwise running statistics gathered on training query batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from fsl_jax.meta import base
+
+Params = dict[str, Any]
+
+
+def ce_and_accuracy(logits, labels):
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def sgd(fast, grads, lr):
+  return jax.tree.map(lambda p, g: p - lr * g, fast, grads)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientLearner:
+  """MAML (Finn et al., 2017) and the base of its variants."""
+  model: nn.Module
+  ways: int = 5
+  inner_steps: int = 1        # inner SGD steps while meta-training
+  eval_inner_steps: int = 3   # ... and at meta-test time
+  inner_lr: float = 0.4
+  first_order: bool = False
+  transductive: bool = True   # BatchNorm batch statistics at meta-test time
+  remat: bool = False         # jax.checkpoint each inner step (memory flat in steps)
+  name: str = "maml"
+
+  per_task_weights = True
+  uses_step = False
+
+  # ------------------------------------------------------------- hooks
+
+  @property
+  def net(self) -> nn.Module:
+    """The backbone with an N-way head."""
+    if getattr(self.model, "num_classes", self.ways) != self.ways:
+      return self.model.clone(num_classes=self.ways)
+    return self.model
+
+  def init_meta(self, key, net: Params) -> Params:
+    del key, net
+    return {}
+
+  def inner_partition(self, net: Params) -> tuple[Params, Params]:
+    return net, {}
+
+  def combine(self, adapted: Params, frozen: Params) -> Params:
+    return {**frozen, **adapted}
+
+  def inner_update(self, fast: Params, grads: Params, meta: Params, i) -> Params:
+    del meta, i
+    return sgd(fast, grads, self.inner_lr)
+
+  def step_weights(self, step) -> jax.Array | None:
+    del step
+    return None
+
+  # ------------------------------------------------------------- core
+
+  def init(self, key, episode):
+    variables = dict(self.net.init(key, episode["support_x"], train=False))
+    net = variables.pop("params")
+    return {"params": {"net": net, **self.init_meta(jax.random.fold_in(key, 1), net)},
+            **variables}
+
+  def _apply(self, net: Params, state: dict, x, train: bool, i):
+    kwargs = {"step": i} if getattr(self.net, "bn_steps", 0) else {}
+    variables = {"params": net, **state}
+    if (train or self.transductive) and state:
+      return self.net.apply(variables, x, train=True, mutable=list(state), **kwargs)
+    return self.net.apply(variables, x, train=(train or self.transductive), **kwargs), state
+
+  def _check_ways(self, episode):
+    ways = episode["classes"].shape[0]
+    if ways != self.ways:
+      raise ValueError(
+          f"{self.name} has a {self.ways}-way classifier head but the episode is {ways}-way; "
+          f"evaluate with --ways={self.ways} or train with --config.train.ways={ways} "
+          f"--config.learner_kwargs.ways={ways}.")
+
+  def adapt(self, variables, x, y, steps: int, train: bool = False, first_order=None,
+            query=None):
+    """Fast net weights after `steps` inner steps on (x, y).
+
+    With `query=(qx, qy)`, also returns the query loss and accuracy after
+    every step ([steps] each); otherwise that element is None.
+    """
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    meta = {k: v for k, v in params.items() if k != "net"}
+    adapted, frozen = self.inner_partition(params["net"])
+    fo = self.first_order if first_order is None else first_order
+
+    def support_loss(adapted, i):
+      logits, _ = self._apply(self.combine(adapted, frozen), state, x, train, i)
+      return ce_and_accuracy(logits, y)[0]
+
+    def body(adapted, i):
+      grads = jax.grad(support_loss)(adapted, i)
+      if fo:
+        grads = jax.lax.stop_gradient(grads)
+      adapted = self.inner_update(adapted, grads, meta, i)
+      out = None
+      if query is not None:
+        logits, _ = self._apply(self.combine(adapted, frozen), state, query[0], train, i + 1)
+        out = ce_and_accuracy(logits, query[1])
+      return adapted, out
+
+    if self.remat:
+      body = jax.checkpoint(body)
+    adapted, per_step = jax.lax.scan(body, adapted, jnp.arange(steps))
+    return self.combine(adapted, frozen), per_step
+
+  def _loss(self, variables, episode, train, first_order, weights):
+    steps = self.inner_steps if train else self.eval_inner_steps
+    state = {k: v for k, v in variables.items() if k != "params"}
+    query = (episode["query_x"], episode["query_y"]) if weights is not None else None
+    fast, per_step = self.adapt(variables, episode["support_x"], episode["support_y"], steps,
+                                train, first_order, query)
+    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
+    loss, acc = ce_and_accuracy(logits, episode["query_y"])
+    if weights is not None:  # multi-step loss: the last term is `loss` itself
+      loss = jnp.sum(weights[:-1] * per_step[0][:-1]) + weights[-1] * loss
+    return loss, {"accuracy": acc, "model_state": new_state}
+
+  def outer_loss(self, variables, episode, key=None, train=True, step=None):
+    del key
+    self._check_ways(episode)
+    weights = self.step_weights(step) if train else None
+    return self._loss(variables, episode, train, None, weights)
+
+  def predict(self, variables, episode, key=None):
+    del key
+    self._check_ways(episode)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    fast, _ = self.adapt(variables, episode["support_x"], episode["support_y"],
+                         self.eval_inner_steps, train=False, first_order=True)
+    return self._apply(fast, state, episode["query_x"], False, self.eval_inner_steps)[0]
+
+
+base.register("maml")(GradientLearner)
+
+
+@base.register("fomaml")
+@dataclasses.dataclass(frozen=True)
+class FOMAML(GradientLearner):
+  """First-order MAML: the inner gradients are constants to the outer gradient."""
+  first_order: bool = True
+  name: str = "fomaml"
+
+
+@base.register("anil")
+@dataclasses.dataclass(frozen=True)
+class ANIL(GradientLearner):
+  """Almost No Inner Loop (Raghu et al., 2020): only the head adapts."""
+  name: str = "anil"
+
+  def inner_partition(self, net):
+    if "head" not in net:
+      raise ValueError("ANIL adapts the 'head' submodule; the backbone has none "
+                       f"(params: {sorted(net)}).")
+    return {"head": net["head"]}, {k: v for k, v in net.items() if k != "head"}
+
+
+@base.register("metasgd")
+@dataclasses.dataclass(frozen=True)
+class MetaSGD(GradientLearner):
+  """Meta-SGD (Li et al., 2017): a learned inner learning rate per parameter."""
+  name: str = "metasgd"
+
+  def init_meta(self, key, net):
+    del key
+    adapted, _ = self.inner_partition(net)
+    return {"lr": jax.tree.map(lambda p: jnp.full_like(p, self.inner_lr), adapted)}
+
+  def inner_update(self, fast, grads, meta, i):
+    del i
+    return jax.tree.map(lambda p, g, lr: p - lr * g, fast, grads, meta["lr"])
+
+
+def msl_weights(steps: int, progress) -> jax.Array:
+  """MAML++ multi-step loss weights, summing to one.
+
+  At progress 0 every inner step's query loss weighs 1/steps; the non-final
+  weights then decay linearly to a floor of 0.03/steps at progress 1, the
+  final step taking the rest.
+  """
+  progress = jnp.clip(progress, 0.0, 1.0)
+  nonfinal = jnp.maximum((1.0 - progress) / steps, 0.03 / steps) * jnp.ones(steps - 1)
+  return jnp.concatenate([nonfinal, 1.0 - jnp.sum(nonfinal, keepdims=True)])
+
+
+@base.register("mamlpp")
+@dataclasses.dataclass(frozen=True)
+class MAMLPlusPlus(GradientLearner):
+  """MAML++ (Antoniou et al., 2019).
+
+  - multi-step loss: the query loss after every inner step, weights annealed
+    towards the last step over `msl_steps` training steps (`msl_weights`);
+  - per-layer per-step learned inner learning rates (LSLR);
+  - per-step BatchNorm weights and running statistics (BNWB + BNRS);
+  - derivative-order annealing: first order for the first
+    `first_order_steps` training steps, second order after.
+  Cosine annealing of the outer learning rate is the optimizer config's.
+  """
+  inner_steps: int = 5
+  eval_inner_steps: int = 5
+  inner_lr: float = 0.1
+  msl_steps: int = 10000
+  first_order_steps: int = 5000
+  name: str = "mamlpp"
+
+  uses_step = True
+
+  @property
+  def net(self):
+    steps = max(self.inner_steps, self.eval_inner_steps) + 1
+    return self.model.clone(num_classes=self.ways, bn_steps=steps)
+
+  def init_meta(self, key, net):
+    del key
+    adapted, _ = self.inner_partition(net)
+    steps = max(self.inner_steps, self.eval_inner_steps)
+    return {"lr": jax.tree.map(lambda p: jnp.full((steps,), self.inner_lr), adapted)}
+
+  def inner_update(self, fast, grads, meta, i):
+    return jax.tree.map(lambda p, g, lr: p - lr[i] * g, fast, grads, meta["lr"])
+
+  def step_weights(self, step):
+    progress = 1.0 if step is None else step / max(self.msl_steps, 1)
+    return msl_weights(self.inner_steps, progress)
+
+  def outer_loss(self, variables, episode, key=None, train=True, step=None):
+    del key
+    self._check_ways(episode)
+    if not train:
+      return self._loss(variables, episode, False, None, None)
+    weights = self.step_weights(step)
+    if step is None or self.first_order_steps <= 0:
+      return self._loss(variables, episode, True, None, weights)
+    return jax.lax.cond(step < self.first_order_steps,
+                        lambda v: self._loss(v, episode, True, True, weights),
+                        lambda v: self._loss(v, episode, True, False, weights), variables)
+
+
+@base.register("reptile")
+@dataclasses.dataclass(frozen=True)
+class Reptile(GradientLearner):
+  """Reptile (Nichol et al., 2018).
+
+  Adapts on all of a task's data (support and query) with first-order inner
+  SGD; the outer "gradient" is params - fast params, produced as the gradient
+  of the surrogate 0.5 * |params - stop_gradient(fast)|^2 so any optax
+  optimizer applies it (plain SGD with learning rate e = Reptile's step size).
+  The reported accuracy is on the query set after adaptation.
+  """
+  inner_steps: int = 5
+  eval_inner_steps: int = 10
+  inner_lr: float = 0.1
+  first_order: bool = True
+  name: str = "reptile"
+
+  def outer_loss(self, variables, episode, key=None, train=True, step=None):
+    del key, step
+    self._check_ways(episode)
+    x = jnp.concatenate([episode["support_x"], episode["query_x"]])
+    y = jnp.concatenate([episode["support_y"], episode["query_y"]])
+    steps = self.inner_steps if train else self.eval_inner_steps
+    fast, _ = self.adapt(variables, x, y, steps, train, first_order=True)
+    fast = jax.lax.stop_gradient(fast)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
+    _, acc = ce_and_accuracy(logits, episode["query_y"])
+    net = variables["params"]["net"]
+    sq = jax.tree.map(lambda p, f: jnp.sum((p - f) ** 2), net, fast)
+    return 0.5 * sum(jax.tree.leaves(sq)), {"accuracy": acc, "model_state": new_state}

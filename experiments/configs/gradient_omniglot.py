@@ -1,0 +1,92 @@
+"""Shared body of the gradient-based meta-learner configs on Omniglot.
+
+Not a config itself: `maml_omniglot.py`, `fomaml_omniglot.py`, ... call
+`build(learner, arg, ...)` with their published hyper-parameters. Variants
+(the part after ':' in --config=...:VARIANT):
+  (none)    the published protocol (Finn et al.: 5-way 1-shot, meta-batch 32,
+            60k steps)
+  20way     Finn et al.'s 20-way 1-shot: 5 inner steps of lr 0.1, meta-batch 16
+  cpu60     the 60-minute 2-core CPU budget of RESULTS.md: all 964 background
+            characters (trainval), meta-batch 8, 3 queries per class, a step
+            schedule; MAML and first-order MAML ran at the same time, one core each
+  runlocal  seconds: a handful of tiny steps, for smoke tests
+"""
+
+import ml_collections
+
+
+def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_inner_steps=3,
+          meta_batch=32, steps=60000, learner_kwargs=None, optimizer=None,
+          cpu60=None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.imports = ""  # comma-separated modules to import first (they may register learners)
+  c.learner = learner
+  c.learner_kwargs = ml_collections.ConfigDict({
+      "ways": 5, "inner_lr": inner_lr, "inner_steps": inner_steps,
+      "eval_inner_steps": eval_inner_steps,
+      # BatchNorm with the batch's statistics at meta-test time, as in Finn
+      # et al.'s MAML; False uses running statistics (non-transductive).
+      "transductive": True, "remat": False, **(learner_kwargs or {})})
+  c.model = "conv4"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.devices = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "omniglot"
+  c.data.scheme = "lake"
+  c.data.train_split = "train"
+  c.data.val_split = "val"
+  c.data.image_size = 28
+  c.data.rotations = True
+  c.data.data_dir = ""
+  c.data.download = False
+
+  # Finn et al.: K support and K query examples per class while training.
+  c.train = ml_collections.ConfigDict()
+  c.train.ways = 5
+  c.train.shots = 1
+  c.train.queries = 1
+  c.train.meta_batch = meta_batch
+  c.train.steps = steps
+  c.train.task_batching = "auto"  # auto: a loop over tasks on CPU, vmap on GPU/TPU
+
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "adam", "learning_rate": 1e-3, "schedule": "constant", "decay_every": 0,
+      "decay_rate": 0.5, "warmup_steps": 0, "grad_clip": 0.0, **(optimizer or {})})
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.ways = 5
+  c.eval.shots = 1
+  c.eval.queries = 15
+  c.eval.episodes = 1000
+  c.eval.seed = 1234
+
+  c.log_every = 100
+  c.val_every = 2000
+  c.val_episodes = 200
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+
+  if arg == "runlocal":
+    c.train.steps, c.train.meta_batch = 6, 2
+    c.eval.episodes, c.log_every, c.checkpoint_every = 20, 2, 3
+    c.val_every, c.val_episodes = 4, 10
+    c.model_kwargs.hidden = 8
+    c.learner_kwargs.inner_steps = min(inner_steps, 2)
+    c.learner_kwargs.eval_inner_steps = min(eval_inner_steps, 2)
+  elif arg == "20way":
+    c.train.ways = c.eval.ways = c.learner_kwargs.ways = 20
+    c.learner_kwargs.inner_steps, c.learner_kwargs.inner_lr = 5, 0.1
+    c.learner_kwargs.eval_inner_steps = 5
+    c.train.meta_batch = 16
+  elif arg == "cpu60":
+    c.data.train_split, c.data.val_split = "trainval", ""
+    c.log_every, c.checkpoint_every, c.val_every = 50, 200, 0
+    for key, value in (cpu60 or {}).items():
+      section, name = key.split(".")
+      c[section][name] = value
+  elif arg:
+    raise ValueError(f"Unknown variant {arg!r}; use runlocal, 20way or cpu60.")
+  return c

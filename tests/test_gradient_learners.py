@@ -1,0 +1,240 @@
+"""MAML family: exact meta-gradients, the variants' defining properties, batching."""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fsl_jax import meta, models
+from fsl_jax.data.episodes import EpisodeSpec
+from fsl_jax.meta import maml
+from fsl_jax.train import meta_trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _episode(ways=3, shots=1, queries=2, size=28, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  return {"support_x": jnp.asarray(rng.normal(size=(ways * shots, size, size, 1)).astype(dtype)),
+          "support_y": jnp.repeat(jnp.arange(ways), shots),
+          "query_x": jnp.asarray(rng.normal(size=(ways * queries, size, size, 1)).astype(dtype)),
+          "query_y": jnp.repeat(jnp.arange(ways), queries), "classes": jnp.arange(ways)}
+
+
+def _learner(name="maml", hidden=4, **kw):
+  kw = {"ways": 3, "inner_steps": 2, "inner_lr": 0.3, **kw}
+  return meta.get(name, model=models.get("conv4", hidden=hidden), **kw)
+
+
+def _outer_grad(learner, variables, ep, **kw):
+  def f(p):
+    return learner.outer_loss({**variables, "params": p}, ep, None, True, **kw)[0]
+  return jax.value_and_grad(f)(variables["params"])
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def test_second_order_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    ep = _episode(size=16, dtype=np.float64)
+    learner = _learner()
+    variables = learner.init(jax.random.PRNGKey(0), ep)
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+    loss_fn = lambda p: learner.outer_loss({**variables, "params": p}, ep, None, True)[0]
+    _, grads = jax.value_and_grad(loss_fn)(variables["params"])
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+      v = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), variables["params"])
+      eps = 1e-5
+      plus = loss_fn(jax.tree.map(lambda p, d: p + eps * d, variables["params"], v))
+      minus = loss_fn(jax.tree.map(lambda p, d: p - eps * d, variables["params"], v))
+      fd = (plus - minus) / (2 * eps)
+      analytic = float(_flat(grads) @ _flat(v))
+      np.testing.assert_allclose(analytic, float(fd), rtol=1e-6, atol=1e-8)
+
+
+def test_gradient_matches_torch_func_reference():
+  pytest.importorskip("torch")
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import torch
+  import torch_reference
+  with jax.enable_x64(True):
+    ep = _episode(ways=3, queries=2, dtype=np.float64)
+    for name, first_order in (("maml", False), ("fomaml", True)):
+      learner = _learner(name, hidden=8)
+      variables = learner.init(jax.random.PRNGKey(3), ep)
+      variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+      _, grads = _outer_grad(learner, variables, ep)
+      task = {k: np.asarray(v) for k, v in ep.items() if k != "classes"}
+      ref = torch_reference.maml_outer_grad(
+          torch_reference.params_from_flax(variables["params"]["net"]), task, inner_steps=2,
+          inner_lr=0.3, first_order=first_order, dtype=torch.float64)
+      ref = torch_reference.grads_to_flax(ref)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10),
+                   jax.tree.map(np.asarray, grads["net"]), ref)
+
+
+def test_first_order_drops_exactly_the_second_order_term():
+  # One inner step: MAML's gradient is (I - a H) g' and FOMAML's is g', where
+  # g' is the query gradient at the adapted weights and H the support Hessian.
+  with jax.enable_x64(True):
+    ep = _episode(size=16, dtype=np.float64)
+    kw = {"inner_steps": 1, "inner_lr": 0.3}
+    so, fo = _learner("maml", **kw), _learner("fomaml", **kw)
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64),
+                             so.init(jax.random.PRNGKey(0), ep))
+    _, g_so = _outer_grad(so, variables, ep)
+    _, g_fo = _outer_grad(fo, variables, ep)
+    state = {"batch_stats": variables["batch_stats"]}
+
+    def support_grad(net):
+      return jax.grad(lambda n: maml.ce_and_accuracy(
+          so._apply(n, state, ep["support_x"], True, 0)[0], ep["support_y"])[0])(net)
+
+    # Hessian-vector product by reverse over reverse (the conv VJP is custom).
+    v = g_fo["net"]
+    hvp = jax.grad(lambda n: sum(jnp.vdot(a, b) for a, b in zip(
+        jax.tree.leaves(support_grad(n)), jax.tree.leaves(v))))(variables["params"]["net"])
+    expected = jax.tree.map(lambda g, h: g - 0.3 * h, g_fo["net"], hvp)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-11),
+                 g_so["net"], expected)
+    assert np.abs(_flat(g_so) - _flat(g_fo)).max() > 1e-4  # the term is not negligible
+
+
+def test_anil_adapts_only_the_head():
+  ep = _episode()
+  learner = _learner("anil")
+  variables = learner.init(jax.random.PRNGKey(0), ep)
+  fast, _ = learner.adapt(variables, ep["support_x"], ep["support_y"], 3)
+  net = variables["params"]["net"]
+  for k in net:
+    same = all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), net[k],
+                                            fast[k])))
+    assert same == (k != "head"), k
+  _, grads = _outer_grad(learner, variables, ep)
+  assert np.abs(_flat(grads["net"]["block0"])).max() > 0  # the body still meta-learns
+
+
+def test_metasgd_learns_its_rates():
+  ep = _episode()
+  learner = _learner("metasgd", inner_steps=1)
+  variables = learner.init(jax.random.PRNGKey(0), ep)
+  lr0 = variables["params"]["lr"]
+  assert all(np.allclose(x, 0.3) for x in jax.tree.leaves(lr0))
+  tx = optax.adam(1e-2)
+  params, opt = variables["params"], tx.init(variables["params"])
+  losses = []
+  for _ in range(15):
+    loss, g = _outer_grad(learner, {**variables, "params": params}, ep)
+    upd, opt = tx.update(g, opt)
+    params = optax.apply_updates(params, upd)
+    losses.append(float(loss))
+  moved = np.abs(_flat(params["lr"]) - _flat(lr0))
+  assert moved.max() > 0.05 and np.mean(moved > 0) > 0.9
+  assert losses[-1] < losses[0]
+
+
+def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
+  for steps in (1, 2, 5):
+    for progress in (0.0, 0.3, 1.0, 2.0):
+      w = np.asarray(maml.msl_weights(steps, progress))
+      assert w.shape == (steps,) and np.all(w >= 0)
+      np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(maml.msl_weights(5, 0.0), np.full(5, 0.2), rtol=1e-6)
+  np.testing.assert_allclose(maml.msl_weights(5, 1.0)[:4], np.full(4, 0.006), rtol=1e-5)
+
+  ep = _episode()
+  learner = _learner("mamlpp", inner_steps=3, eval_inner_steps=3, msl_steps=10,
+                     first_order_steps=5)
+  variables = learner.init(jax.random.PRNGKey(0), ep)
+  # Per-layer per-step rates and per-step BatchNorm weights.
+  assert variables["params"]["lr"]["block0"]["Conv_0"]["kernel"].shape == (3,)
+  assert variables["params"]["net"]["block0"]["BatchNorm_0"]["scale"].shape == (4, 4)
+  _, g_early = _outer_grad(learner, variables, ep, step=jnp.asarray(0))
+  _, g_late = _outer_grad(learner, variables, ep, step=jnp.asarray(100))
+  fo = _learner("mamlpp", inner_steps=3, eval_inner_steps=3, msl_steps=10, first_order_steps=10**9)
+  _, g_fo = _outer_grad(fo, variables, ep, step=jnp.asarray(0))
+  np.testing.assert_allclose(_flat(g_early), _flat(g_fo), rtol=1e-5, atol=1e-7)
+  # After annealing: second order (and other loss weights) change the gradient.
+  assert np.abs(_flat(g_early) - _flat(g_late)).max() > 1e-4
+
+
+def _train_step_outputs(batching, learner_name="maml", remat=False):
+  from fsl_jax.data import ClassImages, EpisodeSampler
+  rng = np.random.default_rng(0)
+  src = ClassImages(rng.random((12, 6, 28, 28, 1), np.float32), np.full(12, 6, np.int32),
+                    [str(i) for i in range(12)])
+  spec = EpisodeSpec(3, 1, 2)
+  sampler = EpisodeSampler(src, spec)
+  learner = _learner(learner_name, remat=remat)
+  # SGD, not Adam: Adam's first step is ~lr * sign(grad), which turns the
+  # float noise of exactly-zero gradients (conv biases under BatchNorm) into
+  # full-size updates.
+  tx = optax.sgd(0.1)
+  state = meta_trainer.init_state(learner, tx, src.image_shape, spec, 0)
+  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, 4, meta_trainer.make_mesh(),
+                                              batching))
+  for _ in range(2):
+    state = step(state, sampler.images, sampler.counts)
+  return state
+
+
+def test_vmapped_and_looped_tasks_agree():
+  a, b = _train_step_outputs("vmap"), _train_step_outputs("map")
+  np.testing.assert_allclose(_flat(a["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(_flat(a["metric_sums"]), _flat(b["metric_sums"]), rtol=1e-5,
+                             atol=1e-5)
+  c = _train_step_outputs("map", remat=True)
+  np.testing.assert_allclose(_flat(c["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-6)
+
+
+def test_batching_choice_by_backend():
+  learner, proto = _learner(), meta.get("protonet", model=models.get("conv4"))
+  assert meta.task_batching(learner) == ("map" if jax.default_backend() == "cpu" else "vmap")
+  assert meta.task_batching(proto) == "vmap"
+  assert meta.task_batching(learner, "vmap") == "vmap"
+  with pytest.raises(ValueError, match="auto, vmap or map"):
+    meta.task_batching(learner, "loop")
+
+
+def test_transductive_and_running_statistics_differ_and_ways_checked():
+  ep = _episode()
+  trans, running = _learner(), _learner(transductive=False)
+  variables = trans.init(jax.random.PRNGKey(0), ep)
+  a, b = trans.predict(variables, ep), running.predict(variables, ep)
+  assert a.shape == b.shape == (6, 3)
+  assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+  with pytest.raises(ValueError, match="--ways=3"):
+    trans.predict(variables, _episode(ways=4))
+
+
+def test_reptile_outer_gradient_is_params_minus_fast_weights():
+  ep = _episode()
+  learner = _learner("reptile", inner_steps=2)
+  variables = learner.init(jax.random.PRNGKey(0), ep)
+  _, g = _outer_grad(learner, variables, ep)
+  x = jnp.concatenate([ep["support_x"], ep["query_x"]])
+  y = jnp.concatenate([ep["support_y"], ep["query_y"]])
+  fast, _ = learner.adapt(variables, x, y, 2, train=True, first_order=True)
+  expected = jax.tree.map(lambda p, f: p - f, variables["params"]["net"], fast)
+  np.testing.assert_allclose(_flat(g["net"]), _flat(expected), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml", "anil", "metasgd", "reptile", "mamlpp"])
+def test_config_trains_end_to_end_on_mock_data(algo, tmp_path):
+  import importlib
+  from fsl_jax.data import testing
+  config = importlib.import_module(f"experiments.configs.{algo}_omniglot").get_config("runlocal")
+  config.val_every = 0
+  with testing.mock_omniglot(train_classes=20, test_classes=10):
+    res = meta_trainer.train_and_evaluate(config, str(tmp_path))
+  assert (res["ways"], res["shots"], res["episodes"]) == (5, 1, 20)
+  assert 0.0 <= res["accuracy"] <= 1.0
+  rows = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+  assert len(rows) == 3 and all("NaN" not in r for r in rows)

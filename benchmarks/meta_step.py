@@ -2,6 +2,12 @@ r"""Meta-training step throughput: one JSON line.
 
     python benchmarks/meta_step.py --algo=protonet --ways=60 --shots=1 --queries=5 \
         --meta_batch=1 --steps=50
+    python benchmarks/meta_step.py --algo=maml --ways=5 --shots=1 --queries=15 \
+        --meta_batch=32 --inner_steps=5 --steps=5 --compare_torch
+
+`--compare_torch` (maml / fomaml) also times benchmarks/torch_reference.py,
+the same MAML written with torch.func, in the same process on the same
+machine, and adds its tasks/s and the ratio jax / torch.
 
 Times the jitted training step of `experiments.meta_train` (episode sampling,
 forward, backward, optimizer update) after compilation, on random images of
@@ -26,6 +32,12 @@ flags.DEFINE_integer("steps", 20, "Timed steps after compilation.")
 flags.DEFINE_integer("image_size", 28, "")
 flags.DEFINE_integer("classes", 200, "Classes in the synthetic split.")
 flags.DEFINE_integer("inner_steps", 1, "Inner steps (gradient-based learners).")
+flags.DEFINE_float("inner_lr", 0.4, "Inner learning rate (gradient-based learners).")
+flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (see meta.base).")
+flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
+flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla"], "Conv4 layer gradients (models.layers).")
+flags.DEFINE_bool("compare_torch", False, "Also time the torch.func MAML reference.")
+flags.DEFINE_integer("torch_steps", 0, "Timed torch steps (default: --steps).")
 
 
 def main(argv):
@@ -40,9 +52,12 @@ def main(argv):
   src = ClassImages(rng.random((FLAGS.classes, 20, s, s, 1), np.float32),
                     np.full(FLAGS.classes, 20, np.int32), [str(i) for i in range(FLAGS.classes)])
   cfg = ml_collections.ConfigDict({"learner": FLAGS.algo, "model": FLAGS.model,
-                                   "model_kwargs": {}, "learner_kwargs": {}})
-  if FLAGS.algo != "protonet":
-    cfg.learner_kwargs = {"inner_steps": FLAGS.inner_steps, "ways": FLAGS.ways}
+                                   "model_kwargs": {"impl": FLAGS.impl}, "learner_kwargs": {}})
+  from fsl_jax import meta  # pylint: disable=g-import-not-at-top
+  probe = meta.get(FLAGS.algo, model=None)
+  if getattr(probe, "per_task_weights", False):
+    cfg.learner_kwargs = {"inner_steps": FLAGS.inner_steps, "ways": FLAGS.ways,
+                          "inner_lr": FLAGS.inner_lr, "remat": FLAGS.remat}
   spec = EpisodeSpec(FLAGS.ways, FLAGS.shots, FLAGS.queries)
   mesh = meta_trainer.make_mesh()
   rep = NamedSharding(mesh, P())
@@ -51,8 +66,8 @@ def main(argv):
   opt = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3, "schedule": "constant"})
   tx = meta_trainer.make_optimizer(opt, FLAGS.steps)
   state = jax.device_put(meta_trainer.init_state(learner, tx, src.image_shape, spec, 0), rep)
-  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh),
-                 donate_argnums=0)
+  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh,
+                                              FLAGS.batching), donate_argnums=0)
   t0 = time.perf_counter()
   state = step(state, sampler.images, sampler.counts)
   jax.block_until_ready(state)
@@ -76,7 +91,10 @@ def main(argv):
     peak = stats.get("peak_bytes_in_use")
   except Exception:  # pylint: disable=broad-except
     pass
-  print(json.dumps({
+  if peak is None:  # CPU: the process's peak resident memory
+    import resource  # pylint: disable=g-import-not-at-top
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  out = {
       "algo": FLAGS.algo, "ways": FLAGS.ways, "shots": FLAGS.shots, "queries": FLAGS.queries,
       "meta_batch": FLAGS.meta_batch, "steps": FLAGS.steps,
       "episodes_per_s": round(FLAGS.meta_batch * FLAGS.steps / dt, 3),
@@ -85,7 +103,21 @@ def main(argv):
       "sampling_ms": round(1000 * sample_s, 3),
       "compile_s": round(compile_s, 2), "peak_bytes": peak,
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-  }))
+      "batching": meta.task_batching(learner, FLAGS.batching), "inner_steps": FLAGS.inner_steps,
+  }
+  if FLAGS.compare_torch:
+    if FLAGS.algo not in ("maml", "fomaml"):
+      raise app.UsageError("--compare_torch times MAML; use --algo=maml or fomaml.")
+    import os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    ref = torch_reference.run(FLAGS.ways, FLAGS.shots, FLAGS.queries, FLAGS.meta_batch,
+                              FLAGS.inner_steps, FLAGS.torch_steps or FLAGS.steps, FLAGS.inner_lr,
+                              first_order=FLAGS.algo == "fomaml")
+    out["torch"] = {k: ref[k] for k in ("tasks_per_s", "step_ms", "warmup_s", "torch_version",
+                                        "threads", "device")}
+    out["ratio_vs_torch"] = round(out["tasks_per_s"] / ref["tasks_per_s"], 3)
+  print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,15 @@ Not a config itself: `maml_omniglot.py`, `fomaml_omniglot.py`, ... call
 
 import ml_collections
 
+from experiments.configs import protonet_omniglot
+
 
 def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_inner_steps=3,
           meta_batch=32, steps=60000, learner_kwargs=None, optimizer=None,
           cpu60=None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  # The episodic body (data, evaluation, logging, checkpoints) is ProtoNet's;
+  # what differs is the learner, Finn et al.'s episodes and a constant rate.
+  c = protonet_omniglot.get_config()
   c.imports = ""  # comma-separated modules to import first (they may register learners)
   c.learner = learner
   c.learner_kwargs = ml_collections.ConfigDict({
@@ -28,46 +31,12 @@ def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_in
       # BatchNorm with the batch's statistics at meta-test time, as in Finn
       # et al.'s MAML; False uses running statistics (non-transductive).
       "transductive": True, "remat": False, **(learner_kwargs or {})})
-  c.model = "conv4"
-  c.model_kwargs = ml_collections.ConfigDict()
-  c.devices = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "omniglot"
-  c.data.scheme = "lake"
-  c.data.train_split = "train"
-  c.data.val_split = "val"
-  c.data.image_size = 28
-  c.data.rotations = True
-  c.data.data_dir = ""
-  c.data.download = False
 
   # Finn et al.: K support and K query examples per class while training.
-  c.train = ml_collections.ConfigDict()
-  c.train.ways = 5
-  c.train.shots = 1
-  c.train.queries = 1
-  c.train.meta_batch = meta_batch
-  c.train.steps = steps
+  c.train.ways, c.train.shots, c.train.queries = 5, 1, 1
+  c.train.meta_batch, c.train.steps = meta_batch, steps
   c.train.task_batching = "auto"  # auto: a loop over tasks on CPU, vmap on GPU/TPU
-
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "adam", "learning_rate": 1e-3, "schedule": "constant", "decay_every": 0,
-      "decay_rate": 0.5, "warmup_steps": 0, "grad_clip": 0.0, **(optimizer or {})})
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
-  c.eval.ways = 5
-  c.eval.shots = 1
-  c.eval.queries = 15
-  c.eval.episodes = 1000
-  c.eval.seed = 1234
-
-  c.log_every = 100
-  c.val_every = 2000
-  c.val_episodes = 200
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
+  c.optimizer.update({"schedule": "constant", "decay_every": 0, **(optimizer or {})})
 
   if arg == "runlocal":
     c.train.steps, c.train.meta_batch = 6, 2

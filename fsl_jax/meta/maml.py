@@ -41,6 +41,11 @@ def sgd(fast, grads, lr):
   return jax.tree.map(lambda p, g: p - lr * g, fast, grads)
 
 
+def _model_state(variables: dict) -> dict:
+  """The non-parameter collections of `variables` (BatchNorm statistics)."""
+  return {k: v for k, v in variables.items() if k != "params"}
+
+
 @dataclasses.dataclass(frozen=True)
 class GradientLearner:
   """MAML (Finn et al., 2017) and the base of its variants."""
@@ -115,7 +120,7 @@ class GradientLearner:
     every step ([steps] each); otherwise that element is None.
     """
     params = variables["params"]
-    state = {k: v for k, v in variables.items() if k != "params"}
+    state = _model_state(variables)
     meta = {k: v for k, v in params.items() if k != "net"}
     adapted, frozen = self.inner_partition(params["net"])
     fo = self.first_order if first_order is None else first_order
@@ -142,7 +147,7 @@ class GradientLearner:
 
   def _loss(self, variables, episode, train, first_order, weights):
     steps = self.inner_steps if train else self.eval_inner_steps
-    state = {k: v for k, v in variables.items() if k != "params"}
+    state = _model_state(variables)
     query = (episode["query_x"], episode["query_y"]) if weights is not None else None
     fast, per_step = self.adapt(variables, episode["support_x"], episode["support_y"], steps,
                                 train, first_order, query)
@@ -161,7 +166,7 @@ class GradientLearner:
   def predict(self, variables, episode, key=None):
     del key
     self._check_ways(episode)
-    state = {k: v for k, v in variables.items() if k != "params"}
+    state = _model_state(variables)
     fast, _ = self.adapt(variables, episode["support_x"], episode["support_y"],
                          self.eval_inner_steps, train=False, first_order=True)
     return self._apply(fast, state, episode["query_x"], False, self.eval_inner_steps)[0]
@@ -297,7 +302,7 @@ class Reptile(GradientLearner):
     steps = self.inner_steps if train else self.eval_inner_steps
     fast, _ = self.adapt(variables, x, y, steps, train, first_order=True)
     fast = jax.lax.stop_gradient(fast)
-    state = {k: v for k, v in variables.items() if k != "params"}
+    state = _model_state(variables)
     logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
     _, acc = ce_and_accuracy(logits, episode["query_y"])
     net = variables["params"]["net"]

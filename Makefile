@@ -13,16 +13,21 @@ TORCH_VERSION ?= 2.13.0
 
 venv: $(VENV)/.installed
 
-# Installs torch's CPU wheel first (see BUILD.md), then the package editable
-# with test extras. Re-runs only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# `make demo` needs only the package; `make test` adds torch's CPU wheel
+# (first, see BUILD.md: an unpinned torch pulls CUDA packages) and the test
+# extras. Each step re-runs only when pyproject.toml changes.
+$(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[test]"
 	touch $@
 
-demo: venv
+demo: $(VENV)/.core
 	$(PY) -m experiments.meta_train --config=experiments/configs/protonet_omniglot.py:demo \
 	  --workdir=$(DEMO_DIR)
 

@@ -87,6 +87,23 @@ def test_beam_search_finds_best_sequence_without_eos():
   np.testing.assert_allclose(float(score[0]), first_lp[best[0]] + logp[best[0], best[1]], rtol=1e-5)
 
 
+def test_beam_search_returns_the_best_hypotheses_in_order():
+  """num_return_sequences=R: the R best of all V^2 two-token sequences, best first."""
+  table, step = _bigram(1)
+  state, first = _start(table, [2])
+  logp = np.asarray(jax.nn.log_softmax(table, -1))
+  first_lp = np.asarray(jax.nn.log_softmax(first, -1))[0]
+  score = lambda s: first_lp[s[0]] + logp[s[0], s[1]]
+  ranked = sorted(itertools.product(range(V), repeat=2), key=score, reverse=True)
+  seqs, scores = decoding.beam_search(step, state, first, 2, num_beams=V * V, length_penalty=0.0,
+                                      num_return_sequences=3)
+  assert seqs.shape == (1, 3, 2) and scores.shape == (1, 3)
+  assert [tuple(s) for s in np.asarray(seqs[0])] == ranked[:3]
+  np.testing.assert_allclose(np.asarray(scores[0]), [score(s) for s in ranked[:3]], rtol=1e-5)
+  with pytest.raises(ValueError, match="num_beams"):
+    decoding.beam_search(step, state, first, 2, num_beams=2, num_return_sequences=3)
+
+
 def test_beam_search_reorders_state_with_beams():
   """A second-order model: logits depend on the state, so a wrong cache reorder
   gives a different (worse) answer than exhaustive search over V^3 sequences."""

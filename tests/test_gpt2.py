@@ -109,6 +109,18 @@ def test_beam_search_matches_transformers(ckpt, kw):
   np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
 
 
+def test_beam_search_num_return_sequences_matches_transformers(ckpt):
+  ids, mask = _batch()
+  ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=8, do_sample=False, num_beams=4,
+                     num_return_sequences=3)
+  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=8,
+                                  method="beam", num_beams=4, num_return_sequences=3))
+  assert ours.shape == (2, 3, 8)
+  np.testing.assert_array_equal(ours.reshape(6, 8)[:, :ref.shape[1]], ref)
+  with pytest.raises(ValueError, match="method='beam'"):
+    gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, num_return_sequences=2)
+
+
 def _teacher_forced_argmax(config, params, ids, mask, new):
   """Uncached greedy check: argmax of one full forward over prompt + new tokens."""
   seq = jnp.concatenate([jnp.asarray(ids), jnp.asarray(new)], axis=1)

@@ -459,10 +459,11 @@ def step_fn(config: Gpt2Config, params):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping"))
+    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping",
+    "num_return_sequences"))
 def _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv, *,
               max_new_tokens, method, eos_id, pad_id, temperature, top_k, top_p,
-              num_beams, length_penalty, early_stopping):
+              num_beams, length_penalty, early_stopping, num_return_sequences):
   from fsl_jax.text import decoding  # pylint: disable=import-outside-toplevel
   logits_BxV, cache = prefill(config, params, ids_BxT, mask_BxT, max_new_tokens,
                               soft_prompt_PxD, prefix_kv)
@@ -475,7 +476,8 @@ def _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv
   if method == "beam":
     return decoding.beam_search(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id,
                                 num_beams=num_beams, length_penalty=length_penalty,
-                                early_stopping=early_stopping)[0]
+                                early_stopping=early_stopping,
+                                num_return_sequences=num_return_sequences)[0]
   raise ValueError(f"Unknown decoding method {method!r}; use greedy, sample or beam.")
 
 
@@ -483,12 +485,16 @@ def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens:
              method: str = "greedy", *, eos_id: int | None = -1, pad_id: int | None = None,
              rng=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              num_beams: int = 4, length_penalty: float = 1.0, early_stopping=False,
-             soft_prompt_PxD=None, prefix_kv=None) -> jax.Array:
+             num_return_sequences: int = 1, soft_prompt_PxD=None, prefix_kv=None) -> jax.Array:
   """New tokens BxN (N = max_new_tokens), `pad_id` after EOS; jitted, KV-cached.
 
   Prompts are left-padded (mask 0 on the left). eos_id=-1 means the config's
   EOS; None never stops. pad_id defaults to the EOS id (as transformers).
+  method='beam' with num_return_sequences R > 1 gives BxRxN, best first.
   """
+  if num_return_sequences != 1 and method != "beam":
+    raise ValueError(f"num_return_sequences={num_return_sequences} needs method='beam' "
+                     f"(got {method!r}); for several samples, call with different rng keys.")
   eos_id = config.eos_token_id if eos_id == -1 else eos_id
   pad_id = (eos_id if eos_id is not None else 0) if pad_id is None else pad_id
   ids_BxT = jnp.asarray(ids_BxT, jnp.int32)
@@ -504,7 +510,8 @@ def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens:
                    eos_id=jnp.int32(-1 if eos_id is None else eos_id), pad_id=jnp.int32(pad_id),
                    temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                    num_beams=int(num_beams), length_penalty=float(length_penalty),
-                   early_stopping=early_stopping)
+                   early_stopping=early_stopping,
+                   num_return_sequences=int(num_return_sequences))
 
 
 def lm_loss(logits_BxTxV, targets_BxT, weights_BxT):

@@ -109,14 +109,20 @@ def _take(x_BxKx, idx_BxM):
 
 def beam_search(step: StepFn, state, first_logits_BxV, max_new_tokens: int, eos_id: int = -1,
                 pad_id: int = 0, *, num_beams: int = 4, length_penalty=1.0,
-                early_stopping: bool | str = False) -> tuple[jax.Array, jax.Array]:
+                early_stopping: bool | str = False,
+                num_return_sequences: int = 1) -> tuple[jax.Array, jax.Array]:
   """Returns (best sequences BxN, their scores B), `state` for B examples.
 
   Matches transformers' vectorised beam search with one EOS id. The state
-  and first logits are expanded to B*num_beams internally.
+  and first logits are expanded to B*num_beams internally. With
+  `num_return_sequences` R > 1 returns the R best finished hypotheses per
+  example, best first: (BxRxN, BxR) (transformers flattens them to B*R rows).
   """
   b, v = first_logits_BxV.shape
   nb, n = num_beams, max_new_tokens
+  if not 1 <= num_return_sequences <= nb:
+    raise ValueError(f"num_return_sequences={num_return_sequences} must be between 1 and "
+                     f"num_beams={nb}; raise num_beams to return more hypotheses.")
   k = 2 * nb
   lp = jnp.asarray(length_penalty, jnp.float32)
   state = expand(state, nb)
@@ -185,4 +191,7 @@ def beam_search(step: StepFn, state, first_logits_BxV, max_new_tokens: int, eos_
            "seqs": seqs_BxMxN, "scores": scores_BxM, "finished": finished_BxM,
            "unsat": unsat_Bx1, "go": jnp.asarray(n > 0)}
   out = jax.lax.while_loop(cond, body, carry)
-  return out["seqs"][:, 0], out["scores"][:, 0]
+  # Finished hypotheses stay sorted by score (top_k), best first.
+  if num_return_sequences == 1:
+    return out["seqs"][:, 0], out["scores"][:, 0]
+  return out["seqs"][:, :num_return_sequences], out["scores"][:, :num_return_sequences]

@@ -11,10 +11,11 @@ prints one JSON line per shape with GFLOP/s for each and the ratio XLA/torch.
 
 import json
 import os
-import time
 
 from absl import app, flags
 import numpy as np
+
+import timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("reps", 5, "Timed calls per measurement (median).")
@@ -23,16 +24,6 @@ flags.DEFINE_integer("tokens", 4096, "M: tokens in the batch.")
 # (name, K, N): x[M, K] @ w[K, N]
 SHAPES = (("c_attn", 768, 2304), ("mlp_c_fc", 768, 3072), ("mlp_c_proj", 3072, 768),
           ("lm_head", 768, 50257))
-
-
-def _median_s(fn, reps):
-  fn()
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
 
 
 def main(argv):
@@ -49,9 +40,9 @@ def main(argv):
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
     flop = 2.0 * FLAGS.tokens * k * n
     with torch.no_grad():
-      secs = {"xla": _median_s(lambda: mm(xj, wj).block_until_ready(), FLAGS.reps),
-              "torch": _median_s(lambda: xt @ wt, FLAGS.reps),
-              "numpy": _median_s(lambda: x @ w, FLAGS.reps)}
+      secs = {"xla": timing.median_seconds(lambda: mm(xj, wj).block_until_ready(), FLAGS.reps),
+              "torch": timing.median_seconds(lambda: xt @ wt, FLAGS.reps),
+              "numpy": timing.median_seconds(lambda: x @ w, FLAGS.reps)}
     row = {"benchmark": "gemm", "shape": name, "m": FLAGS.tokens, "k": k, "n": n}
     row.update({f"{lib}_gflops": round(flop / s / 1e9, 1) for lib, s in secs.items()})
     row["ratio_xla_vs_torch"] = round(secs["torch"] / secs["xla"], 3)

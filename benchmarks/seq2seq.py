@@ -15,10 +15,11 @@ import json
 import os
 import platform
 import tempfile
-import time
 
 from absl import app, flags
 import numpy as np
+
+import timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 16, "Sentences per generate call.")
@@ -29,16 +30,6 @@ flags.DEFINE_integer("reps", 3, "Timed generate calls per implementation.")
 flags.DEFINE_integer("layers", 6, "Encoder and decoder layers.")
 flags.DEFINE_integer("vocab", 58101, "Vocabulary size.")
 flags.DEFINE_integer("seed", 0, "")
-
-
-def _time(fn, reps):
-  fn()  # warm-up (compilation for JAX)
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def main(argv):
@@ -84,8 +75,8 @@ def main(argv):
       outs["hf"] = model.generate(input_ids=ids_t, attention_mask=mask_t, num_beams=FLAGS.beams,
                                   max_new_tokens=FLAGS.max_new_tokens, do_sample=False).numpy()
 
-  t_ours = _time(ours, FLAGS.reps)
-  t_hf = _time(theirs, FLAGS.reps)
+  t_ours = timing.median_seconds(ours, FLAGS.reps)
+  t_hf = timing.median_seconds(theirs, FLAGS.reps)
 
   dec = rng.integers(1, v - 1, (FLAGS.batch, 16))
   dec[:, 0] = pad

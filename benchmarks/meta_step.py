@@ -36,12 +36,16 @@ flags.DEFINE_float("inner_lr", 0.4, "Inner learning rate (gradient-based learner
 flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (see meta.base).")
 flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
 flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla"], "Conv4 layer gradients (models.layers).")
+flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (0: one); the "
+                     "meta-batch is sharded over them (config.cpu_devices of meta_train).")
 flags.DEFINE_bool("compare_torch", False, "Also time the torch.func MAML reference.")
 flags.DEFINE_integer("torch_steps", 0, "Timed torch steps (default: --steps).")
 
 
 def main(argv):
   del argv
+  if FLAGS.cpu_devices:
+    jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from fsl_jax.data import ClassImages, EpisodeSampler, EpisodeSpec  # pylint: disable=g-import-not-at-top

@@ -1,6 +1,8 @@
 """MAML family: exact meta-gradients, the variants' defining properties, batching."""
 
+import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -166,7 +168,7 @@ def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
   assert np.abs(_flat(g_early) - _flat(g_late)).max() > 1e-4
 
 
-def _train_step_outputs(batching, learner_name="maml", remat=False):
+def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1):
   from fsl_jax.data import ClassImages, EpisodeSampler
   rng = np.random.default_rng(0)
   src = ClassImages(rng.random((12, 6, 28, 28, 1), np.float32), np.full(12, 6, np.int32),
@@ -179,20 +181,35 @@ def _train_step_outputs(batching, learner_name="maml", remat=False):
   # full-size updates.
   tx = optax.sgd(0.1)
   state = meta_trainer.init_state(learner, tx, src.image_shape, spec, 0)
-  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, 4, meta_trainer.make_mesh(),
-                                              batching))
+  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, 4,
+                                              meta_trainer.make_mesh(devices), batching))
   for _ in range(2):
     state = step(state, sampler.images, sampler.counts)
   return state
 
 
-def test_vmapped_and_looped_tasks_agree():
+def test_vmapped_looped_and_two_device_steps_agree():
+  # One train step four ways: tasks vmapped, looped (lax.map), looped with
+  # rematerialised inner steps, and looped on two devices, each looping over
+  # its half of the meta-batch (shard_map) with the gradients averaged.
+  if jax.device_count() < 2:  # this process has one CPU device: rerun in a 2-device one
+    test = f"{__file__}::test_vmapped_looped_and_two_device_steps_agree"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",
+                               "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 passed" in proc.stdout
+    return
   a, b = _train_step_outputs("vmap"), _train_step_outputs("map")
   np.testing.assert_allclose(_flat(a["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(_flat(a["metric_sums"]), _flat(b["metric_sums"]), rtol=1e-5,
                              atol=1e-5)
   c = _train_step_outputs("map", remat=True)
   np.testing.assert_allclose(_flat(c["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-6)
+  two = _train_step_outputs("map", devices=2)
+  for key in ("params", "model_state", "metric_sums"):
+    np.testing.assert_allclose(_flat(two[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
 
 
 def test_batching_choice_by_backend():

@@ -15,5 +15,5 @@ from experiments.configs import gradient_omniglot
 
 def get_config(arg=None):
   return gradient_omniglot.build(
-      "fomaml", arg, cpu60={"train.steps": 6500, "train.meta_batch": 8, "train.queries": 3,
+      "fomaml", arg, cpu60={"train.steps": 4500, "train.meta_batch": 8, "train.queries": 3,
              "learner_kwargs.inner_steps": 3, "optimizer.schedule": "cosine"})

@@ -7,8 +7,8 @@ Not a config itself: `maml_omniglot.py`, `fomaml_omniglot.py`, ... call
             60k steps)
   20way     Finn et al.'s 20-way 1-shot: 5 inner steps of lr 0.1, meta-batch 16
   cpu60     the 60-minute 2-core CPU budget of RESULTS.md: all 964 background
-            characters (trainval), meta-batch 8, 3 queries per class, a cosine
-            schedule; each learner run alone on both cores
+            characters (trainval), meta-batch 8, 3 queries per class, a shorter
+            schedule (RESULTS.md)
   runlocal  seconds: a handful of tiny steps, for smoke tests
 """
 

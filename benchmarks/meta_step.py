@@ -37,7 +37,8 @@ flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (s
 flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
 flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla"], "Conv4 layer gradients (models.layers).")
 flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (0: one); the "
-                     "meta-batch is sharded over them (config.cpu_devices of meta_train).")
+                     "meta-batch is sharded over them. For measurement only: training runs "
+                     "on split CPUs aborted in XLA's all-reduce (BENCHMARKS.md).")
 flags.DEFINE_bool("compare_torch", False, "Also time the torch.func MAML reference.")
 flags.DEFINE_integer("torch_steps", 0, "Timed torch steps (default: --steps).")
 

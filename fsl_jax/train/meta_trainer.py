@@ -162,7 +162,8 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
                                  episodes, loss_keys)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    # Model state (BatchNorm running stats) updated per episode; average them.
+    # Model state (BatchNorm running stats) updated per episode, already
+    # averaged over tasks (and devices) by grad_fn; drop the kept axis.
     model_state = jax.tree.map(lambda x: x[0], aux["model_state"]) or state["model_state"]
     metrics = {"loss": loss, "accuracy": aux["accuracy"][0],
                "grad_norm": optax.global_norm(grads)}

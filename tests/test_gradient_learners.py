@@ -256,3 +256,33 @@ def test_config_trains_end_to_end_on_mock_data(algo, tmp_path):
   assert 0.0 <= res["accuracy"] <= 1.0
   rows = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
   assert len(rows) == 3 and all("NaN" not in r for r in rows)
+
+
+def test_sigterm_during_validation_saves_and_resumes(tmp_path, monkeypatch):
+  # Seen on a GPU: `timeout` sent SIGTERM to the process group while
+  # validation was compiling, the signal killed ptxas and the compilation
+  # raised. The run must still save the step it reached and exit 143.
+  import importlib
+  import signal
+  from fsl_jax.data import testing
+  from fsl_jax.train import evaluation
+  config = importlib.import_module("experiments.configs.maml_omniglot").get_config("runlocal")
+  config.checkpoint_every, config.val_every = 1000, 4  # step 4 is no checkpoint step
+  real_evaluate = evaluation.evaluate
+
+  def killed_compiler(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise RuntimeError("INTERNAL: ptxas exited with non-zero error code 15")
+
+  with testing.mock_omniglot(train_classes=20, test_classes=10):
+    monkeypatch.setattr(evaluation, "evaluate", killed_compiler)
+    with pytest.raises(SystemExit) as exit_info:
+      meta_trainer.train_and_evaluate(config, str(tmp_path))
+    assert exit_info.value.code == 143
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [4]
+    monkeypatch.setattr(evaluation, "evaluate", real_evaluate)
+    res = meta_trainer.train_and_evaluate(config, str(tmp_path))
+  assert res["episodes"] == 20
+  steps = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+  assert len(steps) == 3  # steps 2, 4 and 6, each logged once

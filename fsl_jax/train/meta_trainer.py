@@ -325,16 +325,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write(step, row)
         metrics_lib.log("step %d/%d loss %.4f acc %.4f  %.1f episodes/s  ETA %s", step, tcfg.steps,
                      row["loss"], row["accuracy"], row["episodes_per_s"], progress.eta(step))
-      every = int(config.get("val_every", 0))
-      if every and config.data.get("val_split") and step % every == 0:
-        if val_src is None:
-          val_src = load_split(config.data, config.data.val_split)
-        res = evaluation.evaluate(learner, _variables(state), val_src, spec_from(config.eval),
-                                  int(config.get("val_episodes", 200)), int(config.eval.seed),
-                                  split=config.data.val_split, batching=batching)
-        writer.write(step, {"val_accuracy": res["accuracy"], "val_ci95": res["ci95"]})
-        metrics_lib.log("step %d val accuracy %.4f ± %.4f", step, res["accuracy"], res["ci95"])
+      # Checkpoint before validating: validation may compile, and a SIGTERM
+      # sent to the whole process group also kills the compiler (ptxas) and
+      # fails the compilation; the state is saved and intact either way.
       ckpt.save(step, state, meta_)
+      every = int(config.get("val_every", 0))
+      if every and config.data.get("val_split") and step % every == 0 and not preempt.requested:
+        try:
+          if val_src is None:
+            val_src = load_split(config.data, config.data.val_split)
+          res = evaluation.evaluate(learner, _variables(state), val_src, spec_from(config.eval),
+                                    int(config.get("val_episodes", 200)), int(config.eval.seed),
+                                    split=config.data.val_split, batching=batching)
+        except Exception:  # pylint: disable=broad-except
+          if not preempt.requested:
+            raise
+          metrics_lib.log("SIGTERM during validation at step %d: skipped it.", step)
+        else:
+          writer.write(step, {"val_accuracy": res["accuracy"], "val_ci95": res["ci95"]})
+          metrics_lib.log("step %d val accuracy %.4f ± %.4f", step, res["accuracy"], res["ci95"])
       if preempt.requested:
         ckpt.save(step, state, meta_, force=True)
         metrics_lib.log("SIGTERM: saved step %d; rerun the same command to resume.", step)

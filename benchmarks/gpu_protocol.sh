@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU rows of BENCHMARKS.md and RESULTS.md, in one script that survives
+# short machine leases: every phase can be cut off and rerun.
+#
+#   benchmarks/gpu_protocol.sh bench            # meta_step.py, JAX and torch.func, one JSON line each
+#   benchmarks/gpu_protocol.sh train SECONDS    # Finn et al.'s MAML 5-way and 20-way 1-shot
+#
+# `train` runs the published protocols (experiments/configs/maml_omniglot.py
+# and its :20way variant: 60k steps each) side by side on one GPU for at most
+# SECONDS, then stops them with SIGTERM, which makes experiments.meta_train
+# save a checkpoint; the same command resumes them (it needs workdirs/gpu_* to
+# be there again) and, once training is done, evaluates on the `lake` test
+# split. Logs and results go to $OUT (default /tmp/gpu_protocol), with the
+# workdirs packed as $OUT/gpu_workdirs.tgz.
+# Data: TFDS_DATA_DIR must hold a prepared Omniglot (see BUILD.md).
+# RUNS overrides the runs, as space-separated name=config pairs.
+set -u
+OUT=${OUT:-/tmp/gpu_protocol}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# The scripts under benchmarks/ import fsl_jax from this checkout.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Two trainings share the GPU: no process may take 75% of its memory up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+PY=${PYTHON:-python3}
+RUNS=${RUNS:-"gpu_maml5=experiments/configs/maml_omniglot.py gpu_maml20=experiments/configs/maml_omniglot.py:20way"}
+
+case "${1:-}" in
+  bench)
+    steps=${BENCH_STEPS:-50}
+    for algo in maml fomaml; do
+      $PY benchmarks/meta_step.py --algo=$algo --ways=5 --shots=1 --queries=15 --meta_batch=32 \
+        --inner_steps=5 --steps="$steps" --compare_torch 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
+    done
+    for algo in anil protonet; do
+      $PY benchmarks/meta_step.py --algo=$algo --ways=5 --shots=1 --queries=15 --meta_batch=32 \
+        --inner_steps=5 --steps="$steps" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
+    done
+    ;;
+  train)
+    secs=${2:?"usage: $0 train SECONDS"}
+    pids=()
+    for run in $RUNS; do
+      name=${run%%=*}
+      cfg=${run#*=}
+      timeout -s TERM "$secs" $PY -m experiments.meta_train --config="$cfg" \
+        --workdir="workdirs/$name" >>"$OUT/$name.log" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; echo "exit $?"; done
+    for run in $RUNS; do
+      name=${run%%=*}
+      grep -E "step [0-9]+/|accuracy|Resumed|SIGTERM|Error|error" "$OUT/$name.log" | tail -4
+    done
+    tar czf "$OUT/gpu_workdirs.tgz" $(for run in $RUNS; do echo "workdirs/${run%%=*}"; done)
+    ;;
+  *)
+    echo "usage: $0 bench | train SECONDS" >&2
+    exit 2
+    ;;
+esac

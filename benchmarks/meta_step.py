@@ -35,7 +35,7 @@ flags.DEFINE_integer("inner_steps", 1, "Inner steps (gradient-based learners).")
 flags.DEFINE_float("inner_lr", 0.4, "Inner learning rate (gradient-based learners).")
 flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (see meta.base).")
 flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
-flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla"], "Conv4 layer gradients (models.layers).")
+flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla", "im2col"], "Conv4 layer gradients (models.layers).")
 flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (0: one); the "
                      "meta-batch is sharded over them. For measurement only: training runs "
                      "on split CPUs aborted in XLA's all-reduce (BENCHMARKS.md).")

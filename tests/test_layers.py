@@ -61,3 +61,35 @@ def test_vmap_over_per_task_weights():
   ref = jax.vmap(jax.grad(lambda x, w: jnp.sum(layers._conv(x, w) ** 2), argnums=1))(x, w)
   new = jax.vmap(jax.grad(f, argnums=1))(x, w)
   np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,k", [((3, 9, 9, 4), 3), ((2, 7, 6, 1), 3), ((2, 8, 8, 3), 5)])
+def test_im2col_conv_matches_xla_to_second_order(shape, k):
+  # conv_im2col is what the MAML family runs on CPU: its value, gradient and
+  # the gradient of a gradient (second-order MAML) must be XLA's convolution's.
+  kx, kw, kg = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (k, k, shape[-1], 5))
+  g = jax.random.normal(kg, shape[:3] + (5,))
+  np.testing.assert_allclose(np.asarray(layers.conv_im2col(x, w)), np.asarray(layers._conv(x, w)),
+                             rtol=1e-5, atol=1e-5)
+
+  def inner_then_outer(conv, x, w):  # one SGD step on w, then a loss at the new w
+    w2 = w - 0.1 * jax.grad(lambda w: jnp.sum(conv(x, w) * g))(w)
+    return jnp.sum(jnp.tanh(conv(x, w2)))
+
+  for argnum in (0, 1):
+    ref = jax.grad(lambda x, w: inner_then_outer(layers._conv, x, w), argnums=argnum)(x, w)
+    new = jax.grad(lambda x, w: inner_then_outer(layers.conv_im2col, x, w), argnums=argnum)(x, w)
+    np.testing.assert_allclose(np.asarray(new), np.asarray(ref), rtol=1e-4, atol=1e-4)
+  xs, ws = jnp.stack([x, 2 * x]), jnp.stack([w, -w])  # vmapped per-task weights
+  np.testing.assert_allclose(np.asarray(jax.vmap(layers.conv_im2col)(xs, ws)),
+                             np.asarray(jax.vmap(layers._conv)(xs, ws)), rtol=1e-5, atol=1e-4)
+
+
+def test_gradient_learners_pick_im2col_on_cpu_only_when_auto():
+  from fsl_jax.meta import maml
+  auto = maml.GradientLearner(model=Conv4(hidden=8), ways=5)
+  pinned = maml.GradientLearner(model=Conv4(hidden=8, impl="cpu"), ways=5)
+  want = "im2col" if jax.default_backend() == "cpu" else "auto"
+  assert (auto.net.impl, pinned.net.impl, auto.net.num_classes) == (want, "cpu", 5)

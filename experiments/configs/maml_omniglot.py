@@ -13,5 +13,5 @@ from experiments.configs import gradient_omniglot
 
 def get_config(arg=None):
   return gradient_omniglot.build(
-      "maml", arg, cpu60={"train.steps": 3700, "train.meta_batch": 8, "train.queries": 3,
+      "maml", arg, cpu60={"train.steps": 6000, "train.meta_batch": 8, "train.queries": 3,
              "optimizer.schedule": "cosine"})

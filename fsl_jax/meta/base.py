@@ -48,11 +48,15 @@ def task_batching(learner, batching: str = "auto") -> str:
   Learners that adapt per-task weights (`per_task_weights = True`, the MAML
   family) turn vmapped convolutions into grouped convolutions, which XLA on
   CPU runs several times slower than a loop; 'auto' therefore loops
-  (`lax.map`) for them on CPU and vmaps everywhere else.
+  (`lax.map`) for them on CPU unless their backbone convolves by im2col
+  matmuls (`impl='im2col'`, the CPU default of the MAML family, which vmaps
+  into batched matmuls), and vmaps everywhere else.
   """
   if batching == "auto":
     per_task = getattr(learner, "per_task_weights", False)
-    return "map" if per_task and jax.default_backend() == "cpu" else "vmap"
+    impl = getattr(getattr(learner, "net", None), "impl", None)
+    grouped = per_task and jax.default_backend() == "cpu" and impl != "im2col"
+    return "map" if grouped else "vmap"
   if batching not in ("vmap", "map"):
     raise ValueError(f"Unknown task batching {batching!r}; use auto, vmap or map.")
   return batching

@@ -68,8 +68,20 @@ class GradientLearner:
   def net(self) -> nn.Module:
     """The backbone with an N-way head."""
     if getattr(self.model, "num_classes", self.ways) != self.ways:
-      return self.model.clone(num_classes=self.ways)
-    return self.model
+      return self.backbone(num_classes=self.ways)
+    return self.backbone()
+
+  def backbone(self, **updates) -> nn.Module:
+    """`self.model` with `updates`, and on CPU convolutions for per-task weights.
+
+    A backbone left at `impl='auto'` runs its convolutions on CPU as im2col
+    matmuls (`models.layers.conv_im2col`): with adapted weights they are
+    twice as fast as XLA's convolutions with our custom gradients, looped or
+    vmapped (BENCHMARKS.md).
+    """
+    if getattr(self.model, "impl", None) == "auto" and jax.default_backend() == "cpu":
+      updates = {"impl": "im2col", **updates}
+    return self.model.clone(**updates) if updates else self.model
 
   def init_meta(self, key, net: Params) -> Params:
     del key, net
@@ -249,7 +261,7 @@ class MAMLPlusPlus(GradientLearner):
   @property
   def net(self):
     steps = max(self.inner_steps, self.eval_inner_steps) + 1
-    return self.model.clone(num_classes=self.ways, bn_steps=steps)
+    return self.backbone(num_classes=self.ways, bn_steps=steps)
 
   def init_meta(self, key, net):
     del key

@@ -59,6 +59,22 @@ def _conv_bwd(res, g_BxHxWxO):
 conv_same.defvjp(_conv_fwd, _conv_bwd)
 
 
+def conv_im2col(x_BxHxWxC, w_KxKxCxO):
+  """The same convolution as one matmul of im2col patches (plain jnp ops).
+
+  Vmapped with per-task weights (the MAML family on CPU) it becomes a batched
+  matmul instead of the grouped convolution XLA runs slowly on CPU; its
+  derivatives of any order are matmuls and pads.
+  """
+  k = w_KxKxCxO.shape[0]
+  b, h, wd, c = x_BxHxWxC.shape
+  p = k // 2
+  xp = jnp.pad(x_BxHxWxC, ((0, 0), (p, p), (p, p), (0, 0)))
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(k) for j in range(k)], axis=-1)
+  y = cols.reshape(b * h * wd, k * k * c) @ w_KxKxCxO.reshape(k * k * c, -1)
+  return y.reshape(b, h, wd, -1)
+
+
 @jax.custom_vjp
 def max_pool_2x2(x_BxHxWxC):
   """2x2 stride-2 max-pool (VALID: an odd last row/column is dropped)."""
@@ -99,8 +115,8 @@ max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
 def resolve_impl(impl: str) -> str:
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
-  if impl not in ("cpu", "xla"):
-    raise ValueError(f"Unknown layer impl {impl!r}; use auto, cpu or xla.")
+  if impl not in ("cpu", "xla", "im2col"):
+    raise ValueError(f"Unknown layer impl {impl!r}; use auto, cpu, xla or im2col.")
   return impl
 
 
@@ -115,7 +131,7 @@ class Conv(nn.Module):
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-    fn = conv_same if resolve_impl(self.impl) == "cpu" else _conv
+    fn = {"cpu": conv_same, "im2col": conv_im2col, "xla": _conv}[resolve_impl(self.impl)]
     y = fn(x, kernel.astype(x.dtype))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
@@ -123,7 +139,7 @@ class Conv(nn.Module):
 
 
 def max_pool(x, impl: str = "auto"):
-  if resolve_impl(impl) == "cpu":
+  if resolve_impl(impl) in ("cpu", "im2col"):
     return max_pool_2x2(x)
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 

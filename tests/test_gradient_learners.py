@@ -27,9 +27,13 @@ def _episode(ways=3, shots=1, queries=2, size=28, seed=0, dtype=np.float32):
           "query_y": jnp.repeat(jnp.arange(ways), queries), "classes": jnp.arange(ways)}
 
 
-def _learner(name="maml", hidden=4, **kw):
+def _learner(name="maml", hidden=4, impl="cpu", **kw):
+  # The learner math does not depend on how Conv4 convolves; XLA's
+  # convolutions (`impl='cpu'`) compile faster under second-order
+  # differentiation than the CPU default, im2col, whose equality with them to
+  # second order tests/test_layers.py checks (the config tests below use it).
   kw = {"ways": 3, "inner_steps": 2, "inner_lr": 0.3, **kw}
-  return meta.get(name, model=models.get("conv4", hidden=hidden), **kw)
+  return meta.get(name, model=models.get("conv4", hidden=hidden, impl=impl), **kw)
 
 
 def _outer_grad(learner, variables, ep, **kw):
@@ -213,7 +217,7 @@ def test_vmapped_looped_and_two_device_steps_agree():
 
 
 def test_batching_choice_by_backend():
-  learner, proto = _learner(), meta.get("protonet", model=models.get("conv4"))
+  learner, proto = _learner(impl="auto"), meta.get("protonet", model=models.get("conv4"))
   # On CPU the MAML family's backbone convolves by im2col matmuls, which
   # vmap well; pinned to XLA's convolutions, its tasks are looped instead.
   assert meta.task_batching(learner) == "vmap"

@@ -127,6 +127,34 @@ def test_anil_adapts_only_the_head():
   assert np.abs(_flat(grads["net"]["block0"])).max() > 0  # the body still meta-learns
 
 
+def test_zero_head_adapts_every_task_from_a_zero_head():
+  ep = _episode()
+  learner = _learner("fomaml", zero_head=True)
+  variables = learner.init(jax.random.PRNGKey(0), ep)
+  state = {"batch_stats": variables["batch_stats"]}
+  start, _ = learner.adapt(variables, ep["support_x"], ep["support_y"], 0, train=True)
+  logits = learner._apply(start, state, ep["query_x"], True, 0)[0]
+  np.testing.assert_array_equal(np.asarray(logits), 0.0)  # uniform before adapting
+  fast, _ = learner.adapt(variables, ep["support_x"], ep["support_y"], 1, train=True)
+  assert np.abs(_flat(fast["head"])).max() > 0  # the first step writes the head
+
+  # The stored head is never used: zero outer gradient, and another head
+  # gives the same loss. Without the option it matters.
+  loss, grads = _outer_grad(learner, variables, ep)
+  np.testing.assert_array_equal(_flat(grads["net"]["head"]), 0.0)
+  assert np.abs(_flat(grads["net"]["block0"])).max() > 0
+  net = variables["params"]["net"]
+  rng = np.random.default_rng(0)
+  head = jax.tree.map(lambda h: h + rng.normal(size=h.shape).astype(np.float32), net["head"])
+  other = {**variables["params"], "net": {**net, "head": head}}
+  np.testing.assert_allclose(_outer_grad(learner, {**variables, "params": other}, ep)[0], loss)
+  plain = _learner("fomaml")
+  assert abs(float(_outer_grad(plain, {**variables, "params": other}, ep)[0]) -
+             float(_outer_grad(plain, variables, ep)[0])) > 1e-3
+  with pytest.raises(ValueError, match="zero_head zeroes the 'head'"):
+    learner.task_init({"block0": {}})
+
+
 def test_metasgd_learns_its_rates():
   ep = _episode()
   learner = _learner("metasgd", inner_steps=1)

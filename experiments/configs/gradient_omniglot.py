@@ -30,7 +30,9 @@ def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_in
       "eval_inner_steps": eval_inner_steps,
       # BatchNorm with the batch's statistics at meta-test time, as in Finn
       # et al.'s MAML; False uses running statistics (non-transductive).
-      "transductive": True, "remat": False, **(learner_kwargs or {})})
+      "transductive": True, "remat": False,
+      # True: adapt every task from a zero head (Kao et al.'s zeroing trick).
+      "zero_head": False, **(learner_kwargs or {})})
 
   # Finn et al.: K support and K query examples per class while training.
   c.train.ways, c.train.shots, c.train.queries = 5, 1, 1

@@ -6,6 +6,7 @@ SGD steps of `jax.grad`, then scored on the query set. The outer gradient
 flows through the inner updates (second order) unless `first_order`.
 
 A variant overrides hooks rather than the loop:
+- `task_init(net) -> net`: where adaptation starts (`zero_head`: a zero head);
 - `inner_partition(net) -> (adapted, frozen)`: which weights adapt (ANIL: the head);
 - `init_meta(key, net) -> dict`: extra meta-learned parameters (learned rates);
 - `inner_update(fast, grads, meta, i) -> fast`: the inner step (Meta-SGD, MAML++);
@@ -57,6 +58,7 @@ class GradientLearner:
   first_order: bool = False
   transductive: bool = True   # BatchNorm batch statistics at meta-test time
   remat: bool = False         # jax.checkpoint each inner step (memory flat in steps)
+  zero_head: bool = False     # adapt from a zero head every task (Kao et al.'s zeroing trick)
   name: str = "maml"
 
   per_task_weights = True
@@ -89,6 +91,22 @@ class GradientLearner:
 
   def inner_partition(self, net: Params) -> tuple[Params, Params]:
     return net, {}
+
+  def task_init(self, net: Params) -> Params:
+    """The net weights a task's adaptation starts from.
+
+    With `zero_head`, the head is zero, the "zeroing trick" of Kao et al.
+    (2022, "MAML is a noisy contrastive learner in classification"): the first
+    inner step then writes class-mean features into the head, and the head's
+    meta-learned initialisation, which under random label permutations only
+    adds noise to the outer gradient, is not used (it gets zero gradient).
+    """
+    if not self.zero_head:
+      return net
+    if "head" not in net:
+      raise ValueError(f"zero_head zeroes the 'head' submodule; the backbone has none "
+                       f"(params: {sorted(net)}).")
+    return {**net, "head": jax.tree.map(jnp.zeros_like, net["head"])}
 
   def combine(self, adapted: Params, frozen: Params) -> Params:
     return {**frozen, **adapted}
@@ -134,7 +152,7 @@ class GradientLearner:
     params = variables["params"]
     state = _model_state(variables)
     meta = {k: v for k, v in params.items() if k != "net"}
-    adapted, frozen = self.inner_partition(params["net"])
+    adapted, frozen = self.inner_partition(self.task_init(params["net"]))
     fo = self.first_order if first_order is None else first_order
 
     def support_loss(adapted, i):

@@ -32,7 +32,7 @@ demo: $(VENV)/.core
 	  --workdir=$(DEMO_DIR)
 
 test: venv
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q --durations=15
 
 bench: venv
 	$(PY) benchmarks/meta_step.py --algo=protonet --ways=60 --shots=1 --queries=5 --meta_batch=1 --steps=20

@@ -27,11 +27,9 @@ def _episode(ways=3, shots=1, queries=2, size=28, seed=0, dtype=np.float32):
           "query_y": jnp.repeat(jnp.arange(ways), queries), "classes": jnp.arange(ways)}
 
 
-def _learner(name="maml", hidden=4, impl="cpu", **kw):
-  # The learner math does not depend on how Conv4 convolves; XLA's
-  # convolutions (`impl='cpu'`) compile faster under second-order
-  # differentiation than the CPU default, im2col, whose equality with them to
-  # second order tests/test_layers.py checks (the config tests below use it).
+def _learner(name="maml", hidden=4, impl="im2col", **kw):
+  # im2col: the MAML family's convolutions on CPU (impl='auto'), so the math
+  # below is checked on the path that trains.
   kw = {"ways": 3, "inner_steps": 2, "inner_lr": 0.3, **kw}
   return meta.get(name, model=models.get("conv4", hidden=hidden, impl=impl), **kw)
 
@@ -52,8 +50,8 @@ def test_second_order_gradient_matches_finite_differences():
     learner = _learner()
     variables = learner.init(jax.random.PRNGKey(0), ep)
     variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
-    loss_fn = lambda p: learner.outer_loss({**variables, "params": p}, ep, None, True)[0]
-    _, grads = jax.value_and_grad(loss_fn)(variables["params"])
+    loss_fn = jax.jit(lambda p: learner.outer_loss({**variables, "params": p}, ep, None, True)[0])
+    _, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
     rng = np.random.default_rng(1)
     for _ in range(3):
       v = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), variables["params"])
@@ -86,6 +84,21 @@ def test_gradient_matches_torch_func_reference():
                    jax.tree.map(np.asarray, grads["net"]), ref)
 
 
+def test_jitted_second_order_gradient_is_the_same_for_every_conv_impl():
+  # Regression: the max-pool VJP once found each window's maximum by
+  # comparing x with the pooled y again; under jit XLA computed the im2col
+  # convolution's x twice with different rounding, the test failed for some
+  # windows and one-step MAML's gradient was wrong (eager was right).
+  ep = _episode(size=16)
+  grads = {}
+  for impl in ("im2col", "cpu", "xla"):
+    learner = _learner(impl=impl, inner_steps=1)
+    variables = learner.init(jax.random.PRNGKey(0), ep)
+    grads[impl] = _flat(jax.jit(lambda v: _outer_grad(learner, v, ep)[1])(variables))
+  for impl in ("cpu", "xla"):
+    np.testing.assert_allclose(grads["im2col"], grads[impl], rtol=1e-4, atol=1e-5)
+
+
 def test_first_order_drops_exactly_the_second_order_term():
   # One inner step: MAML's gradient is (I - a H) g' and FOMAML's is g', where
   # g' is the query gradient at the adapted weights and H the support Hessian.
@@ -95,8 +108,8 @@ def test_first_order_drops_exactly_the_second_order_term():
     so, fo = _learner("maml", **kw), _learner("fomaml", **kw)
     variables = jax.tree.map(lambda x: x.astype(jnp.float64),
                              so.init(jax.random.PRNGKey(0), ep))
-    _, g_so = _outer_grad(so, variables, ep)
-    _, g_fo = _outer_grad(fo, variables, ep)
+    _, g_so = jax.jit(lambda v: _outer_grad(so, v, ep))(variables)
+    _, g_fo = jax.jit(lambda v: _outer_grad(fo, v, ep))(variables)
     state = {"batch_stats": variables["batch_stats"]}
 
     def support_grad(net):
@@ -105,8 +118,8 @@ def test_first_order_drops_exactly_the_second_order_term():
 
     # Hessian-vector product by reverse over reverse (the conv VJP is custom).
     v = g_fo["net"]
-    hvp = jax.grad(lambda n: sum(jnp.vdot(a, b) for a, b in zip(
-        jax.tree.leaves(support_grad(n)), jax.tree.leaves(v))))(variables["params"]["net"])
+    hvp = jax.jit(jax.grad(lambda n: sum(jnp.vdot(a, b) for a, b in zip(
+        jax.tree.leaves(support_grad(n)), jax.tree.leaves(v)))))(variables["params"]["net"])
     expected = jax.tree.map(lambda g, h: g - 0.3 * h, g_fo["net"], hvp)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-11),
                  g_so["net"], expected)

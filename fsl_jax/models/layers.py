@@ -87,24 +87,31 @@ def _pool(x):
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max((2, 4))
 
 
+def _windows(x):
+  """[B, H//2, W//2, C, 4]: each 2x2 window's elements in row-major order."""
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  win = x[:, :2 * h2, :2 * w2].reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  return win.reshape(b, h2, w2, c, 4)
+
+
 def _pool_fwd(x):
-  y = _pool(x)
-  return y, (x, y)
+  # The residual is where each window's maximum is, not x and y to compare
+  # again in the backward pass: under jit, XLA may compute x twice (in
+  # different fusions, e.g. its im2col matmul) with different rounding, and
+  # an `x == y` test then finds no maximum and drops that window's gradient.
+  # Seen as a wrong second-order MAML gradient with im2col convolutions.
+  # argmax takes the first maximum, as XLA's select-and-scatter does: ties
+  # are common (constant background), and one element gets the cotangent.
+  win = _windows(x)
+  idx = jnp.argmax(win, axis=-1)
+  return jnp.take_along_axis(win, idx[..., None], axis=-1)[..., 0], (idx, x.shape)
 
 
 def _pool_bwd(res, g):
-  x, y = res
-  b, h, w, c = x.shape
+  idx, (b, h, w, c) = res
   h2, w2 = h // 2, w // 2
-  # Window elements in row-major order, as XLA's select-and-scatter visits them.
-  win = x[:, :2 * h2, :2 * w2].reshape(b, h2, 2, w2, 2, c).transpose(0, 1, 3, 5, 2, 4)
-  win = win.reshape(b, h2, w2, c, 4)
-  is_max = win == y[..., None]
-  # Only the first maximum of a window gets the cotangent: ties are common
-  # (constant background regions), and giving each tied element the full
-  # cotangent would over-count the gradient.
-  first = is_max & (jnp.cumsum(is_max, axis=-1) == 1)
-  dx = jnp.where(first, g[..., None], 0).astype(x.dtype)
+  dx = jnp.where(jnp.arange(4) == idx[..., None], g[..., None], 0).astype(g.dtype)
   dx = dx.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h2, 2 * w2, c)
   return (jnp.pad(dx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
 

@@ -100,7 +100,10 @@ def test_four_devices_match_one(tmp_path):
   # The synthetic images are blocky, so max-pool windows often hold exactly
   # tied maxima; which one counts as "first" can flip on 1e-7 rounding
   # differences between the two partitionings, and longer or wider runs then
-  # drift apart. The runlocal net and steps stay within 1e-5 on the metrics.
+  # drift apart; Adam's first step, ~lr * sign(g), also turns float noise in
+  # near-zero gradients into full-size updates. The runlocal net and steps
+  # stay within 1e-4 (relative) on the loss (2.4e-5 seen at step 2 since the
+  # pool VJP takes each window's argmax) and 1e-5 on the accuracy.
   args = ["--config.train.meta_batch=4", "--config.val_every=0", "--config.eval.episodes=10"]
   one = run("experiments.meta_train", *train_args(tmp_path / "one", "--config.devices=1", *args),
             env=four_cpus)
@@ -109,7 +112,7 @@ def test_four_devices_match_one(tmp_path):
   m1, m4 = metrics(tmp_path / "one"), metrics(tmp_path / "four")
   assert [r["step"] for r in m1] == [r["step"] for r in m4]
   for a, b in zip(m1, m4):
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(b["accuracy"], a["accuracy"], atol=1e-5)
   # The final test accuracy is a count of argmax hits over 10 episodes x 75
   # queries; 1e-6 parameter differences may flip a near-tied prediction.

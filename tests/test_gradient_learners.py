@@ -116,7 +116,8 @@ def test_first_order_drops_exactly_the_second_order_term():
       return jax.grad(lambda n: maml.ce_and_accuracy(
           so._apply(n, state, ep["support_x"], True, 0)[0], ep["support_y"])[0])(net)
 
-    # Hessian-vector product by reverse over reverse (the conv VJP is custom).
+    # Hessian-vector product by reverse over reverse (the max-pool VJP is
+    # custom, so it has no forward mode).
     v = g_fo["net"]
     hvp = jax.jit(jax.grad(lambda n: sum(jnp.vdot(a, b) for a, b in zip(
         jax.tree.leaves(support_grad(n)), jax.tree.leaves(v)))))(variables["params"]["net"])

@@ -1,7 +1,8 @@
 r"""Few-shot evaluation of the latest checkpoint in a workdir.
 
     python -m experiments.evaluate --workdir=DIR --ways=20 --shots=1 \
-        --episodes=1000 [--split=test] [--queries=15] [--seed=1234]
+        --episodes=1000 [--split=test] [--queries=15] [--seed=1234] \
+        [--learner_kwarg=eval_inner_steps=1 ...]
 
 Prints one JSON line: {"split", "ways", "shots", "accuracy", "ci95", "episodes"}.
 The episode set depends only on (split, ways, shots, queries, seed, episodes).
@@ -22,6 +23,9 @@ flags.DEFINE_integer("episodes", None, "Number of episodes (default: eval.episod
 flags.DEFINE_string("split", None, "Split to evaluate on (default: eval.split).")
 flags.DEFINE_integer("seed", None, "Episode seed (default: eval.seed).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_multi_string(
+    "learner_kwarg", [], "NAME=VALUE: evaluate with a learner option changed from the saved "
+    "config, e.g. eval_inner_steps=1 or transductive=false; repeatable; recorded in results.jsonl.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -31,19 +35,20 @@ def main(argv):
   from fsl_jax.data.episodes import EpisodeSpec  # pylint: disable=g-import-not-at-top
   from fsl_jax.train import evaluation, meta_trainer  # pylint: disable=g-import-not-at-top
 
-  cfg = meta_trainer.load_config(FLAGS.workdir)
+  cfg, learner, variables, step = meta_trainer.load_for_eval(FLAGS.workdir, FLAGS.step,
+                                                             FLAGS.learner_kwarg)
   ev = cfg.eval
   pick = lambda flag, default: default if flag is None else flag
   split = pick(FLAGS.split, ev.split)
   spec = EpisodeSpec(pick(FLAGS.ways, ev.ways), pick(FLAGS.shots, ev.shots),
                      pick(FLAGS.queries, ev.queries))
   source = meta_trainer.load_split(cfg.data, split)
-  _, learner, variables, step = meta_trainer.load_for_eval(FLAGS.workdir, FLAGS.step)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
                                split=split, batching=cfg.train.get("task_batching", "auto"))
   print(json.dumps(result), flush=True)
-  meta_trainer.log_result(FLAGS.workdir, {**result, "step": step})
+  extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
+  meta_trainer.log_result(FLAGS.workdir, {**result, "step": step, **extra})
 
 
 if __name__ == "__main__":

@@ -36,3 +36,7 @@ def test_cavia_example_trains_and_evaluates(tmp_path):
   assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
   ev = run("experiments.evaluate", f"--workdir={wd}", "--episodes=20")
   assert ev["accuracy"] == res["accuracy"]  # same checkpoint, same episodes
+  # A learner option changed for evaluation only is used and recorded.
+  run("experiments.evaluate", f"--workdir={wd}", "--episodes=20", "--learner_kwarg=inner_steps=1")
+  last = json.loads((wd / "results.jsonl").read_text().splitlines()[-1])
+  assert last["learner_kwargs"] == ["inner_steps=1"] and last["episodes"] == 20

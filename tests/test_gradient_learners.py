@@ -336,3 +336,19 @@ def test_sigterm_during_validation_saves_and_resumes(tmp_path, monkeypatch):
   assert res["episodes"] == 20
   steps = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
   assert len(steps) == 3  # steps 2, 4 and 6, each logged once
+
+
+def test_evaluation_learner_options_are_typed_and_checked():
+  import ml_collections
+  config = ml_collections.ConfigDict({"learner_kwargs": {
+      "eval_inner_steps": 3, "inner_lr": 0.4, "transductive": True}})
+  got = meta_trainer.parse_learner_kwargs(
+      config, ["eval_inner_steps=1", "inner_lr=1", "transductive=false"])
+  assert got == {"eval_inner_steps": 1, "inner_lr": 1.0, "transductive": False}
+  assert isinstance(got["inner_lr"], float)
+  with pytest.raises(ValueError, match=r"one of \['eval_inner_steps', 'inner_lr'"):
+    meta_trainer.parse_learner_kwargs(config, ["eval_steps=1"])
+  with pytest.raises(ValueError, match="is a bool"):
+    meta_trainer.parse_learner_kwargs(config, ["transductive=maybe"])
+  with pytest.raises(ValueError, match="takes an integer"):
+    meta_trainer.parse_learner_kwargs(config, ["eval_inner_steps=1.5"])

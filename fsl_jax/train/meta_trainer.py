@@ -387,10 +387,42 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     ckpt.close()
 
 
-def load_for_eval(workdir: str, step: int | None = None):
+def parse_learner_kwargs(config, items) -> dict:
+  """{name: value} from "NAME=VALUE" strings, typed like config.learner_kwargs[name].
+
+  Only options the saved config has can change (a typo must not evaluate
+  silently with the trained setting).
+  """
+  known = dict(config.get("learner_kwargs", {}))
+  out = {}
+  for item in items:
+    name, sep, text = item.partition("=")
+    if not sep or name not in known:
+      raise ValueError(f"learner option {item!r}: use NAME=VALUE with NAME one of "
+                       f"{sorted(known)} (the learner's options in the saved config).")
+    old = known[name]
+    if isinstance(old, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"learner option {name} is a bool; got {text!r}, use true or false.")
+      out[name] = text.lower() in ("true", "1")
+    elif isinstance(old, (int, float)):
+      try:
+        out[name] = type(old)(text)
+      except ValueError:
+        kind = "an integer" if isinstance(old, int) else "a number"
+        raise ValueError(f"learner option {name} takes {kind}; got {text!r}.") from None
+    else:
+      out[name] = text
+  return out
+
+
+def load_for_eval(workdir: str, step: int | None = None, learner_kwargs=()):
   """(config, learner, variables, step) from a checkpoint (default: latest) in workdir.
 
   Restores only what evaluation needs (params and model state), as saved.
+  `learner_kwargs` ("NAME=VALUE" strings) change learner options that do not
+  change the weights, e.g. eval_inner_steps=1 or transductive=false; the
+  returned config has them.
   """
   ckpt = _open_checkpoints(workdir)
   try:
@@ -401,6 +433,8 @@ def load_for_eval(workdir: str, step: int | None = None):
     state = ckpt.restore_raw(step)
   finally:
     ckpt.close()
+  if learner_kwargs:
+    config.learner_kwargs.update(parse_learner_kwargs(config, learner_kwargs))
   learner = make_learner(config)
   variables = jax.tree.map(jnp.asarray, _variables(state))
   return config, learner, variables, int(state["step"])

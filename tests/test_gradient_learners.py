@@ -169,6 +169,28 @@ def test_zero_head_adapts_every_task_from_a_zero_head():
     learner.task_init({"block0": {}})
 
 
+def test_zero_head_learner_takes_any_ways():
+  # A zero-head learner meta-learns nothing of the N-way head, so one trained
+  # on 5-way tasks scores 3-way ones (and vice versa) exactly as a learner
+  # built for 3 ways does; a learner with a meta-learned head refuses.
+  ep5, ep3 = _episode(ways=5), _episode(ways=3, seed=1)
+  five = _learner("fomaml", ways=5, zero_head=True, eval_inner_steps=2)
+  three = _learner("fomaml", ways=3, zero_head=True, eval_inner_steps=2)
+  variables = five.init(jax.random.PRNGKey(0), ep5)
+  assert variables["params"]["net"]["head"]["kernel"].shape[-1] == 5
+  logits = jax.jit(five.predict)(variables, ep3)
+  assert logits.shape == (6, 3)
+  np.testing.assert_allclose(logits, jax.jit(three.predict)(variables, ep3), rtol=1e-6)
+  assert np.abs(np.asarray(logits)).max() > 0
+  loss3, grads = _outer_grad(five, variables, ep3)
+  assert np.isfinite(float(loss3)) and np.abs(_flat(grads["net"]["block0"])).max() > 0
+  np.testing.assert_array_equal(_flat(grads["net"]["head"]), 0.0)
+  for name in ("fomaml", "metasgd"):
+    fixed = _learner(name, ways=5)
+    with pytest.raises(ValueError, match="5-way .* but the episode is 3-way"):
+      fixed.predict(fixed.init(jax.random.PRNGKey(0), ep5), ep3)
+
+
 def test_metasgd_learns_its_rates():
   ep = _episode()
   learner = _learner("metasgd", inner_steps=1)

@@ -73,6 +73,10 @@ class GradientLearner:
       return self.backbone(num_classes=self.ways)
     return self.backbone()
 
+  def net_for(self, ways: int) -> nn.Module:
+    """`self.net` with a `ways`-way head (only a zero-head learner takes other ways)."""
+    return self.net if ways == self.ways else self.net.clone(num_classes=ways)
+
   def backbone(self, **updates) -> nn.Module:
     """`self.model` with `updates`, and on CPU convolutions for per-task weights.
 
@@ -92,21 +96,27 @@ class GradientLearner:
   def inner_partition(self, net: Params) -> tuple[Params, Params]:
     return net, {}
 
-  def task_init(self, net: Params) -> Params:
-    """The net weights a task's adaptation starts from.
+  def task_init(self, net: Params, ways: int | None = None) -> Params:
+    """The net weights a task's adaptation starts from, for a `ways`-way task.
 
     With `zero_head`, the head is zero, the "zeroing trick" of Kao et al.
     (2022, "MAML is a noisy contrastive learner in classification"): the first
     inner step then writes class-mean features into the head, and the head's
     meta-learned initialisation, which under random label permutations only
     adds noise to the outer gradient, is not used (it gets zero gradient).
+    Nothing meta-learned then depends on the number of classes, so the head
+    is built for the task's `ways` (default `self.ways`): a zero-head learner
+    trains and evaluates on any N-way episodes.
     """
     if not self.zero_head:
       return net
     if "head" not in net:
       raise ValueError(f"zero_head zeroes the 'head' submodule; the backbone has none "
                        f"(params: {sorted(net)}).")
-    return {**net, "head": jax.tree.map(jnp.zeros_like, net["head"])}
+    ways = self.ways if ways is None else ways
+    # Dense head: kernel [D, N] and bias [N]; the class axis is the last.
+    head = jax.tree.map(lambda p: jnp.zeros(p.shape[:-1] + (ways,), p.dtype), net["head"])
+    return {**net, "head": head}
 
   def combine(self, adapted: Params, frozen: Params) -> Params:
     return {**frozen, **adapted}
@@ -128,31 +138,38 @@ class GradientLearner:
             **variables}
 
   def _apply(self, net: Params, state: dict, x, train: bool, i):
-    kwargs = {"step": i} if getattr(self.net, "bn_steps", 0) else {}
+    module = self.net
+    if "head" in net:  # a zero-head learner's head has the task's ways
+      module = self.net_for(jax.tree.leaves(net["head"])[0].shape[-1])
+    kwargs = {"step": i} if getattr(module, "bn_steps", 0) else {}
     variables = {"params": net, **state}
     if (train or self.transductive) and state:
-      return self.net.apply(variables, x, train=True, mutable=list(state), **kwargs)
-    return self.net.apply(variables, x, train=(train or self.transductive), **kwargs), state
+      return module.apply(variables, x, train=True, mutable=list(state), **kwargs)
+    return module.apply(variables, x, train=(train or self.transductive), **kwargs), state
 
-  def _check_ways(self, episode):
+  def _check_ways(self, episode) -> int:
+    """The episode's ways; refused unless the head has them or is zeroed per task."""
     ways = episode["classes"].shape[0]
-    if ways != self.ways:
+    if ways != self.ways and not self.zero_head:
       raise ValueError(
           f"{self.name} has a {self.ways}-way classifier head but the episode is {ways}-way; "
           f"evaluate with --ways={self.ways} or train with --config.train.ways={ways} "
-          f"--config.learner_kwargs.ways={ways}.")
+          f"--config.learner_kwargs.ways={ways} (a learner with "
+          f"--config.learner_kwargs.zero_head=true takes any ways).")
+    return ways
 
   def adapt(self, variables, x, y, steps: int, train: bool = False, first_order=None,
-            query=None):
-    """Fast net weights after `steps` inner steps on (x, y).
+            query=None, ways: int | None = None):
+    """Fast net weights after `steps` inner steps on (x, y) of a `ways`-way task.
 
     With `query=(qx, qy)`, also returns the query loss and accuracy after
-    every step ([steps] each); otherwise that element is None.
+    every step ([steps] each); otherwise that element is None. `ways`
+    (default `self.ways`) may differ from the head's only with `zero_head`.
     """
     params = variables["params"]
     state = _model_state(variables)
     meta = {k: v for k, v in params.items() if k != "net"}
-    adapted, frozen = self.inner_partition(self.task_init(params["net"]))
+    adapted, frozen = self.inner_partition(self.task_init(params["net"], ways))
     fo = self.first_order if first_order is None else first_order
 
     def support_loss(adapted, i):
@@ -180,7 +197,7 @@ class GradientLearner:
     state = _model_state(variables)
     query = (episode["query_x"], episode["query_y"]) if weights is not None else None
     fast, per_step = self.adapt(variables, episode["support_x"], episode["support_y"], steps,
-                                train, first_order, query)
+                                train, first_order, query, ways=episode["classes"].shape[0])
     logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
     loss, acc = ce_and_accuracy(logits, episode["query_y"])
     if weights is not None:  # multi-step loss: the last term is `loss` itself
@@ -195,10 +212,10 @@ class GradientLearner:
 
   def predict(self, variables, episode, key=None):
     del key
-    self._check_ways(episode)
+    ways = self._check_ways(episode)
     state = _model_state(variables)
     fast, _ = self.adapt(variables, episode["support_x"], episode["support_y"],
-                         self.eval_inner_steps, train=False, first_order=True)
+                         self.eval_inner_steps, train=False, first_order=True, ways=ways)
     return self._apply(fast, state, episode["query_x"], False, self.eval_inner_steps)[0]
 
 
@@ -240,6 +257,15 @@ class MetaSGD(GradientLearner):
   def inner_update(self, fast, grads, meta, i):
     del i
     return jax.tree.map(lambda p, g, lr: p - lr * g, fast, grads, meta["lr"])
+
+  def _check_ways(self, episode) -> int:
+    ways = episode["classes"].shape[0]
+    if ways != self.ways:  # the head's learned rates have its shape
+      raise ValueError(
+          f"metasgd learns a rate per weight of its {self.ways}-way head but the episode is "
+          f"{ways}-way; evaluate with --ways={self.ways} or train with "
+          f"--config.train.ways={ways} --config.learner_kwargs.ways={ways}.")
+    return ways
 
 
 def msl_weights(steps: int, progress) -> jax.Array:
@@ -330,11 +356,14 @@ class Reptile(GradientLearner):
     x = jnp.concatenate([episode["support_x"], episode["query_x"]])
     y = jnp.concatenate([episode["support_y"], episode["query_y"]])
     steps = self.inner_steps if train else self.eval_inner_steps
-    fast, _ = self.adapt(variables, x, y, steps, train, first_order=True)
+    fast, _ = self.adapt(variables, x, y, steps, train, first_order=True,
+                         ways=episode["classes"].shape[0])
     fast = jax.lax.stop_gradient(fast)
     state = _model_state(variables)
     logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
     _, acc = ce_and_accuracy(logits, episode["query_y"])
     net = variables["params"]["net"]
+    if self.zero_head:  # the stored head is never used (and may have other ways)
+      net, fast = ({k: v for k, v in t.items() if k != "head"} for t in (net, fast))
     sq = jax.tree.map(lambda p, f: jnp.sum((p - f) ** 2), net, fast)
     return 0.5 * sum(jax.tree.leaves(sq)), {"accuracy": acc, "model_state": new_state}

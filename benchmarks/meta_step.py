@@ -7,7 +7,10 @@ r"""Meta-training step throughput: one JSON line.
 
 `--compare_torch` (maml / fomaml) also times benchmarks/torch_reference.py,
 the same MAML written with torch.func, in the same process on the same
-machine, and adds its tasks/s and the ratio jax / torch.
+machine, and adds its tasks/s and the ratio jax / torch. The two are timed
+in `--rounds` alternating rounds of `--steps` steps each (ours first in even
+rounds, torch first in odd ones), so a change in the machine's speed during
+the run reaches both; the ratio is the median of the rounds' ratios.
 
 Times the jitted training step of `experiments.meta_train` (episode sampling,
 forward, backward, optimizer update) after compilation, on random images of
@@ -40,11 +43,14 @@ flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (
                      "meta-batch is sharded over them. For measurement only: training runs "
                      "on split CPUs aborted in XLA's all-reduce (BENCHMARKS.md).")
 flags.DEFINE_bool("compare_torch", False, "Also time the torch.func MAML reference.")
-flags.DEFINE_integer("torch_steps", 0, "Timed torch steps (default: --steps).")
+flags.DEFINE_integer("torch_steps", 0, "Timed torch steps per round (default: --steps).")
+flags.DEFINE_integer("rounds", 3, "With --compare_torch: alternating timed rounds of each.")
 
 
 def main(argv):
   del argv
+  if FLAGS.compare_torch and FLAGS.algo not in ("maml", "fomaml"):
+    raise app.UsageError("--compare_torch times MAML; use --algo=maml or fomaml.")
   if FLAGS.cpu_devices:
     jax.config.update("jax_num_cpu_devices", FLAGS.cpu_devices)
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -77,11 +83,52 @@ def main(argv):
   state = step(state, sampler.images, sampler.counts)
   jax.block_until_ready(state)
   compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  for _ in range(FLAGS.steps):
-    state = step(state, sampler.images, sampler.counts)
-  jax.block_until_ready(state)
-  dt = time.perf_counter() - t0
+
+  def ours():  # seconds for --steps steps
+    nonlocal state
+    t0 = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state = step(state, sampler.images, sampler.counts)
+    jax.block_until_ready(state)
+    return time.perf_counter() - t0
+
+  torch_out, rounds = None, []
+  if not FLAGS.compare_torch:
+    dt = ours()
+  else:
+    import os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import torch_reference  # pylint: disable=g-import-not-at-top
+    t_steps = FLAGS.torch_steps or FLAGS.steps
+    t_step, t_sync, t_device = torch_reference.make_step(
+        FLAGS.ways, FLAGS.shots, FLAGS.queries, FLAGS.meta_batch, FLAGS.inner_steps,
+        FLAGS.inner_lr, first_order=FLAGS.algo == "fomaml")
+    t0 = time.perf_counter()
+    t_step()
+    t_sync()
+    warmup_s = time.perf_counter() - t0
+
+    def theirs():
+      t0 = time.perf_counter()
+      for _ in range(t_steps):
+        t_step()
+      t_sync()
+      return time.perf_counter() - t0
+
+    for r in range(max(FLAGS.rounds, 1)):
+      if r % 2 == 0:
+        a, b = ours(), theirs()
+      else:
+        b, a = theirs(), ours()
+      ours_tps = FLAGS.meta_batch * FLAGS.steps / a
+      torch_tps = FLAGS.meta_batch * t_steps / b
+      rounds.append({"ours": round(ours_tps, 3), "torch": round(torch_tps, 3),
+                     "ratio": round(ours_tps / torch_tps, 3)})
+    dt = FLAGS.steps * FLAGS.meta_batch / float(np.median([r["ours"] for r in rounds]))
+    torch_tps = float(np.median([r["torch"] for r in rounds]))
+    torch_out = {"tasks_per_s": round(torch_tps, 3),
+                 "step_ms": round(1000 * FLAGS.meta_batch / torch_tps, 2),
+                 "warmup_s": round(warmup_s, 2), **torch_reference.describe(t_device)}
   # Sampling alone, to show it is a small part of the step.
   batch = jax.jit(sampler.batch_fn(), static_argnums=1)
   jax.block_until_ready(batch(jax.random.PRNGKey(0), FLAGS.meta_batch, sampler.images, sampler.counts))
@@ -110,18 +157,10 @@ def main(argv):
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
       "batching": meta.task_batching(learner, FLAGS.batching), "inner_steps": FLAGS.inner_steps,
   }
-  if FLAGS.compare_torch:
-    if FLAGS.algo not in ("maml", "fomaml"):
-      raise app.UsageError("--compare_torch times MAML; use --algo=maml or fomaml.")
-    import os, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch_reference  # pylint: disable=g-import-not-at-top
-    ref = torch_reference.run(FLAGS.ways, FLAGS.shots, FLAGS.queries, FLAGS.meta_batch,
-                              FLAGS.inner_steps, FLAGS.torch_steps or FLAGS.steps, FLAGS.inner_lr,
-                              first_order=FLAGS.algo == "fomaml")
-    out["torch"] = {k: ref[k] for k in ("tasks_per_s", "step_ms", "warmup_s", "torch_version",
-                                        "threads", "device")}
-    out["ratio_vs_torch"] = round(out["tasks_per_s"] / ref["tasks_per_s"], 3)
+  if torch_out is not None:
+    out["torch"] = torch_out
+    out["ratio_vs_torch"] = float(np.median([r["ratio"] for r in rounds]))
+    out["rounds"] = rounds
   print(json.dumps(out))
 
 

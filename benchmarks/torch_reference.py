@@ -233,9 +233,13 @@ def _sync(device):
     torch.cuda.synchronize()
 
 
-def run(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, steps=5, inner_lr=0.4,
-        first_order=False, threads=0, warmup=1, seed=0) -> dict:
-  """Times `steps` MAML meta-training steps after `warmup` untimed ones."""
+def make_step(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, inner_lr=0.4,
+              first_order=False, threads=0, seed=0):
+  """(step, sync, device): one MAML meta-training step on fixed random tasks.
+
+  `step()` runs it (asynchronously on a GPU: call `sync()` before reading a
+  clock), so a caller can interleave it with another implementation's steps.
+  """
   if threads > 0:
     torch.set_num_threads(threads)
   torch.manual_seed(seed)
@@ -257,25 +261,36 @@ def run(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, steps=5, inne
       v.grad = gr[k]
     opt.step()
 
-  _sync(device)
+  return step, lambda: _sync(device), device
+
+
+def describe(device) -> dict:
+  return {"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+
+
+def run(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, steps=5, inner_lr=0.4,
+        first_order=False, threads=0, warmup=1, seed=0) -> dict:
+  """Times `steps` MAML meta-training steps after `warmup` untimed ones."""
+  step, sync, device = make_step(ways, shots, queries, meta_batch, inner_steps, inner_lr,
+                                 first_order, threads, seed)
+  sync()
   t0 = time.perf_counter()
   for _ in range(warmup):
     step()
-  _sync(device)
+  sync()
   warmup_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(steps):
     step()
-  _sync(device)
+  sync()
   dt = time.perf_counter() - t0
   return {
       "impl": "torch.func",
       "tasks_per_s": meta_batch * steps / dt,
       "step_ms": 1000 * dt / steps,
       "warmup_s": warmup_s,
-      "torch_version": torch.__version__,
-      "threads": torch.get_num_threads(),
-      "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+      **describe(device),
       "ways": ways, "shots": shots, "queries": queries, "meta_batch": meta_batch,
       "inner_steps": inner_steps, "steps": steps, "inner_lr": inner_lr,
       "first_order": first_order, "warmup": warmup, "seed": seed,

@@ -96,7 +96,8 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path):
 
 def test_four_devices_match_one(tmp_path):
   # Both runs in the same 4-device XLA client; only the mesh differs.
-  four_cpus = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  four_cpus = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+               " --xla_force_host_platform_device_count=4"}
   # The synthetic images are blocky, so max-pool windows often hold exactly
   # tied maxima; which one counts as "first" can flip on 1e-7 rounding
   # differences between the two partitionings, and longer or wider runs then
@@ -119,7 +120,7 @@ def test_four_devices_match_one(tmp_path):
   np.testing.assert_allclose(last_json(four)["accuracy"], last_json(one)["accuracy"],
                              atol=2.5 / 750)
   bad = run("experiments.meta_train", *train_args(tmp_path / "bad", "--config.devices=4"),
-            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, check=False)
+            env=four_cpus, check=False)
   assert bad.returncode == 2 and "multiple of 4" in bad.stderr
 
 

@@ -265,7 +265,8 @@ def test_vmapped_looped_and_two_device_steps_agree():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
                           cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "JAX_PLATFORMS": "cpu",
-                               "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+                               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=2"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 passed" in proc.stdout
     return
@@ -320,8 +321,15 @@ def test_reptile_outer_gradient_is_params_minus_fast_weights():
 def test_config_trains_end_to_end_on_mock_data(algo, tmp_path):
   import importlib
   from fsl_jax.data import testing
-  config = importlib.import_module(f"experiments.configs.{algo}_omniglot").get_config("runlocal")
+  module = importlib.import_module(f"experiments.configs.{algo}_omniglot")
+  config = module.get_config("runlocal")
   config.val_every = 0
+  if algo == "fomaml":  # as its cpu60 variant: zero head, trained 7-way, tested 5-way
+    cpu60 = module.get_config("cpu60")
+    assert cpu60.learner_kwargs.zero_head and cpu60.train.ways == cpu60.learner_kwargs.ways
+    assert cpu60.eval.ways == 5 != cpu60.train.ways
+    config.train.ways = config.learner_kwargs.ways = 7
+    config.learner_kwargs.zero_head = True
   with testing.mock_omniglot(train_classes=20, test_classes=10):
     res = meta_trainer.train_and_evaluate(config, str(tmp_path))
   assert (res["ways"], res["shots"], res["episodes"]) == (5, 1, 20)

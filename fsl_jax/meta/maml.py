@@ -6,7 +6,8 @@ SGD steps of `jax.grad`, then scored on the query set. The outer gradient
 flows through the inner updates (second order) unless `first_order`.
 
 A variant overrides hooks rather than the loop:
-- `task_init(net) -> net`: where adaptation starts (`zero_head`: a zero head);
+- `task_init(net, ways) -> net`: where adaptation starts (`zero_head`: a zero
+  `ways`-way head, so such a learner takes episodes of any ways);
 - `inner_partition(net) -> (adapted, frozen)`: which weights adapt (ANIL: the head);
 - `init_meta(key, net) -> dict`: extra meta-learned parameters (learned rates);
 - `inner_update(fast, grads, meta, i) -> fast`: the inner step (Meta-SGD, MAML++);

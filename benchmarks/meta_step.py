@@ -37,6 +37,7 @@ flags.DEFINE_integer("classes", 200, "Classes in the synthetic split.")
 flags.DEFINE_integer("inner_steps", 1, "Inner steps (gradient-based learners).")
 flags.DEFINE_float("inner_lr", 0.4, "Inner learning rate (gradient-based learners).")
 flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (see meta.base).")
+flags.DEFINE_integer("task_chunk", 0, "Tasks per gradient chunk (0: meta.base.task_chunk).")
 flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
 flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla", "im2col"], "Conv4 layer gradients (models.layers).")
 flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (0: one); the "
@@ -45,6 +46,18 @@ flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (
 flags.DEFINE_bool("compare_torch", False, "Also time the torch.func MAML reference.")
 flags.DEFINE_integer("torch_steps", 0, "Timed torch steps per round (default: --steps).")
 flags.DEFINE_integer("rounds", 3, "With --compare_torch: alternating timed rounds of each.")
+
+
+def _peak_bytes() -> int:
+  """Peak device memory on accelerators; on CPU the process's peak RSS."""
+  try:
+    peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  except Exception:  # pylint: disable=broad-except
+    peak = None
+  if peak is None:
+    import resource  # pylint: disable=g-import-not-at-top
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  return int(peak)
 
 
 def main(argv):
@@ -78,11 +91,14 @@ def main(argv):
   tx = meta_trainer.make_optimizer(opt, FLAGS.steps)
   state = jax.device_put(meta_trainer.init_state(learner, tx, src.image_shape, spec, 0), rep)
   step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh,
-                                              FLAGS.batching), donate_argnums=0)
+                                              FLAGS.batching, FLAGS.task_chunk), donate_argnums=0)
+  mode = meta.task_batching(learner, FLAGS.batching)
+  chunk = meta.task_chunk(learner, mode, FLAGS.meta_batch // mesh.devices.size, FLAGS.task_chunk)
   t0 = time.perf_counter()
   state = step(state, sampler.images, sampler.counts)
   jax.block_until_ready(state)
   compile_s = time.perf_counter() - t0
+  peak = _peak_bytes()  # after one step, before torch allocates anything
 
   def ours():  # seconds for --steps steps
     nonlocal state
@@ -137,15 +153,6 @@ def main(argv):
     out = batch(jax.random.PRNGKey(i), FLAGS.meta_batch, sampler.images, sampler.counts)
   jax.block_until_ready(out)
   sample_s = (time.perf_counter() - t1) / FLAGS.steps
-  peak = None
-  try:
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-  except Exception:  # pylint: disable=broad-except
-    pass
-  if peak is None:  # CPU: the process's peak resident memory
-    import resource  # pylint: disable=g-import-not-at-top
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   out = {
       "algo": FLAGS.algo, "ways": FLAGS.ways, "shots": FLAGS.shots, "queries": FLAGS.queries,
       "meta_batch": FLAGS.meta_batch, "steps": FLAGS.steps,
@@ -155,7 +162,7 @@ def main(argv):
       "sampling_ms": round(1000 * sample_s, 3),
       "compile_s": round(compile_s, 2), "peak_bytes": peak,
       "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-      "batching": meta.task_batching(learner, FLAGS.batching), "inner_steps": FLAGS.inner_steps,
+      "batching": mode, "task_chunk": chunk, "inner_steps": FLAGS.inner_steps,
   }
   if torch_out is not None:
     out["torch"] = torch_out

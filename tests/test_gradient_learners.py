@@ -236,7 +236,7 @@ def test_mamlpp_multi_step_loss_weights_and_derivative_order_annealing():
   assert np.abs(_flat(g_early) - _flat(g_late)).max() > 1e-4
 
 
-def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1):
+def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1, chunk=0):
   from fsl_jax.data import ClassImages, EpisodeSampler
   rng = np.random.default_rng(0)
   src = ClassImages(rng.random((12, 6, 28, 28, 1), np.float32), np.full(12, 6, np.int32),
@@ -250,16 +250,17 @@ def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1):
   tx = optax.sgd(0.1)
   state = meta_trainer.init_state(learner, tx, src.image_shape, spec, 0)
   step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, 4,
-                                              meta_trainer.make_mesh(devices), batching))
+                                              meta_trainer.make_mesh(devices), batching, chunk))
   for _ in range(2):
     state = step(state, sampler.images, sampler.counts)
   return state
 
 
 def test_vmapped_looped_and_two_device_steps_agree():
-  # One train step four ways: tasks vmapped, looped (lax.map), looped with
-  # rematerialised inner steps, and looped on two devices, each looping over
-  # its half of the meta-batch (shard_map) with the gradients averaged.
+  # Two train steps six ways: tasks vmapped in one gradient chunk, vmapped in
+  # chunks of 2 (gradients accumulated), looped (lax.map), looped with
+  # rematerialised inner steps, and on two devices, each looping over, or
+  # chunking, its half of the meta-batch (shard_map), gradients averaged.
   if jax.device_count() < 2:  # this process has one CPU device: rerun in a 2-device one
     test = f"{__file__}::test_vmapped_looped_and_two_device_steps_agree"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
@@ -270,15 +271,19 @@ def test_vmapped_looped_and_two_device_steps_agree():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1 passed" in proc.stdout
     return
-  a, b = _train_step_outputs("vmap"), _train_step_outputs("map")
+  a, b = _train_step_outputs("vmap", chunk=4), _train_step_outputs("map")
   np.testing.assert_allclose(_flat(a["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(_flat(a["metric_sums"]), _flat(b["metric_sums"]), rtol=1e-5,
                              atol=1e-5)
+  chunked = _train_step_outputs("vmap", chunk=2)
+  for key in ("params", "model_state", "metric_sums"):
+    np.testing.assert_allclose(_flat(chunked[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
   c = _train_step_outputs("map", remat=True)
   np.testing.assert_allclose(_flat(c["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-6)
-  two = _train_step_outputs("map", devices=2)
-  for key in ("params", "model_state", "metric_sums"):
-    np.testing.assert_allclose(_flat(two[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
+  for two in (_train_step_outputs("map", devices=2),
+              _train_step_outputs("vmap", devices=2, chunk=1)):
+    for key in ("params", "model_state", "metric_sums"):
+      np.testing.assert_allclose(_flat(two[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
 
 
 def test_batching_choice_by_backend():
@@ -292,6 +297,16 @@ def test_batching_choice_by_backend():
   assert meta.task_batching(learner, "vmap") == "vmap"
   with pytest.raises(ValueError, match="auto, vmap or map"):
     meta.task_batching(learner, "loop")
+  # Gradient chunks: on CPU two vmapped tasks at a time for per-task weights.
+  cpu = jax.default_backend() == "cpu"
+  assert meta.task_chunk(learner, "vmap", 32) == (2 if cpu else 0)
+  assert meta.task_chunk(learner, "vmap", 7) == (1 if cpu else 0)
+  assert meta.task_chunk(learner, "vmap", 2) == 0  # one chunk already
+  assert meta.task_chunk(proto, "vmap", 32) == 0
+  assert meta.task_chunk(learner, "map", 32) == meta.task_chunk(learner, "map", 32, 4) == 0
+  assert meta.task_chunk(learner, "vmap", 32, 8) == 8
+  with pytest.raises(ValueError, match="task_chunk=3 must divide the 32 tasks"):
+    meta.task_chunk(learner, "vmap", 32, 3)
 
 
 def test_transductive_and_running_statistics_differ_and_ways_checked():

@@ -62,6 +62,39 @@ def task_batching(learner, batching: str = "auto") -> str:
   return batching
 
 
+# Tasks per gradient chunk that `task_chunk` picks on CPU.
+CPU_TASK_CHUNK = 2
+
+
+def task_chunk(learner, batching: str, tasks: int, chunk: int = 0) -> int:
+  """Tasks per gradient chunk when a device's `tasks` tasks are vmapped.
+
+  0 means one chunk of all of them. Otherwise the trainer takes the
+  meta-gradient of `chunk` vmapped tasks at a time in a loop and averages
+  (the same mean gradient, with one chunk's activations live at a time).
+  On CPU a whole vmapped meta-batch of a per-task-weight learner is slow
+  (its activations stream through memory): second-order MAML, 5-way 1-shot
+  15-query tasks, 5 inner steps, meta-batch 32, ran 3.3 tasks/s in one
+  chunk, 5.7 in chunks of 8, 6.5 of 4, 7.2 of 2 and 6.9 of 1; at the cpu60
+  shape (3 queries, 1 inner step, meta-batch 8) 24 in one chunk and 34-39
+  in chunks of 2 (BENCHMARKS.md). `chunk` > 0 asks for that many (it must
+  divide `tasks`); 0 picks CPU_TASK_CHUNK (or 1 for an odd count) on CPU for
+  learners with `per_task_weights`, and one chunk elsewhere. A loop
+  (`batching='map'`) takes no chunks.
+  """
+  if batching != "vmap":
+    return 0
+  if chunk:
+    if chunk < 0 or tasks % chunk:
+      raise ValueError(f"train.task_chunk={chunk} must divide the {tasks} tasks each device "
+                       "runs per step; set it to a divisor or to 0 (automatic).")
+    return 0 if chunk == tasks else chunk
+  if not getattr(learner, "per_task_weights", False) or jax.default_backend() != "cpu":
+    return 0
+  best = CPU_TASK_CHUNK if tasks % CPU_TASK_CHUNK == 0 else 1
+  return 0 if best >= tasks else best
+
+
 def map_tasks(fn: Callable, batching: str) -> Callable:
   """fn over the leading (task) axis of all its arguments, by vmap or lax.map."""
   if batching == "vmap":

@@ -40,8 +40,14 @@ def evaluate(learner, variables, source: ClassImages, spec: EpisodeSpec, episode
       logits = learner.predict(variables, ep, jax.random.fold_in(base, -1 - i))
       return jnp.mean(jnp.argmax(logits, -1) == ep["query_y"])
 
-    if chunk > 64 or meta.task_batching(learner, batching) == "map":
+    mode = meta.task_batching(learner, batching)
+    # Per-task-weight learners on CPU vmap a few episodes at a time, as the
+    # trainer's gradient chunks (meta.task_chunk; 1.8x faster for MAML).
+    size = meta.task_chunk(learner, mode, chunk)
+    if mode == "map" or (not size and chunk > 64):
       return jax.lax.map(acc, idx)
+    if size:
+      return jax.lax.map(acc, idx, batch_size=size)
     return jax.vmap(acc)(idx)
 
   accs = []

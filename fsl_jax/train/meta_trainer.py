@@ -121,19 +121,22 @@ def spec_from(cfg) -> EpisodeSpec:
 # ----------------------------------------------------------------- the step
 
 def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh: Mesh,
-                    batching: str = "auto"):
+                    batching: str = "auto", chunk: int = 0):
   """A pure `step(state, images, counts) -> state`, not yet jitted.
 
   `batching` ('auto' | 'vmap' | 'map') runs the meta-batch's tasks batched
-  or in a loop; see `fsl_jax.meta.base.task_batching`. With a loop and more
-  than one device, each device loops over its own shard of the tasks
-  (`shard_map`) and the gradients are averaged with `pmean`; left to the
-  partitioner, a `lax.map` over a sharded axis runs ~2x slower than on one
-  device.
+  or in a loop; see `fsl_jax.meta.base.task_batching`. Vmapped tasks take
+  their gradient `chunk` tasks at a time, accumulated in a loop (0: picked
+  by `fsl_jax.meta.base.task_chunk`, all at once off CPU). With a loop or
+  chunks and more than one device, each device runs its own shard of the
+  tasks (`shard_map`) and the gradients are averaged with `pmean`; left to
+  the partitioner, a `lax.map` over a sharded axis runs ~2x slower than on
+  one device.
   """
   batch_fn = sampler.batch_fn()
   episode_sharding = NamedSharding(mesh, P("data"))
   mode = meta.task_batching(learner, batching)
+  chunk = meta.task_chunk(learner, mode, meta_batch // mesh.devices.size, chunk)
   over_tasks = functools.partial(meta.map_tasks, batching=mode)
   step_kw = getattr(learner, "uses_step", False)
 
@@ -145,8 +148,8 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
     # Means over tasks; keepdims so the per-device path can average them.
     return losses.mean(), jax.tree.map(lambda x: x.mean(0, keepdims=True), aux)
 
-  grad_fn = local_grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if mode == "map" and mesh.devices.size > 1:
+  grad_fn = local_grad_fn = _in_chunks(jax.value_and_grad(loss_fn, has_aux=True), chunk)
+  if (mode == "map" or chunk) and mesh.devices.size > 1:
     def per_device(*args):  # equal shards, so the mean of means is the mean
       return jax.lax.pmean(local_grad_fn(*args), "data")
     grad_fn = jax.shard_map(per_device, mesh=mesh, out_specs=P(), check_vma=False,
@@ -175,6 +178,24 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
             "metric_count": state["metric_count"] + 1}
 
   return step
+
+
+def _in_chunks(grad_fn, chunk: int):
+  """grad_fn(params, state, step, episodes, keys) over `chunk` tasks at a time, averaged.
+
+  The loss and aux are means over tasks, so the mean over equal chunks is
+  the whole batch's; only one chunk's activations are live at a time.
+  """
+  if not chunk:
+    return grad_fn
+
+  def chunked(params, model_state, step, episodes, keys):
+    split = lambda x: x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
+    per_chunk = jax.lax.map(lambda xs: grad_fn(params, model_state, step, *xs),
+                            jax.tree.map(split, (episodes, keys)))
+    return jax.tree.map(lambda x: x.mean(0), per_chunk)
+
+  return chunked
 
 
 def dummy_episode(image_shape, spec: EpisodeSpec) -> dict:
@@ -210,8 +231,9 @@ def checkpoint_meta(config) -> dict:
 
 # Config keys that may change between a run and its resumption: they change
 # neither the training trajectory nor the architecture.
-RESUMABLE_KEYS = ("train.steps", "train.task_batching", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
-                  "val_episodes", "eval.", "data.data_dir", "data.download", "devices")
+RESUMABLE_KEYS = ("train.steps", "train.task_batching", "train.task_chunk", "log_every",
+                  "checkpoint_every", "keep_checkpoints", "val_every", "val_episodes", "eval.",
+                  "data.data_dir", "data.download", "devices")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -306,7 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     f.write(config.to_json_best_effort(indent=2))
 
   batching = tcfg.get("task_batching", "auto")
-  step_fn = jax.jit(make_train_step(learner, tx, sampler, int(tcfg.meta_batch), mesh, batching),
+  step_fn = jax.jit(make_train_step(learner, tx, sampler, int(tcfg.meta_batch), mesh, batching,
+                                    int(tcfg.get("task_chunk", 0))),
                     donate_argnums=0, out_shardings=replicated)
   writer = metrics_lib.MetricWriter(workdir, resume_step=start)
   progress = metrics_lib.Progress(start, int(tcfg.steps))

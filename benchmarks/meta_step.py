@@ -7,7 +7,8 @@ r"""Meta-training step throughput: one JSON line.
 
 `--compare_torch` (maml / fomaml) also times benchmarks/torch_reference.py,
 the same MAML written with torch.func, in the same process on the same
-machine, and adds its tasks/s and the ratio jax / torch. The two are timed
+machine (its outer gradient taken in the same task chunks as ours), and adds
+its tasks/s and the ratio jax / torch. The two are timed
 in `--rounds` alternating rounds of `--steps` steps each (ours first in even
 rounds, torch first in odd ones), so a change in the machine's speed during
 the run reaches both; the ratio is the median of the rounds' ratios.
@@ -116,9 +117,10 @@ def main(argv):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import torch_reference  # pylint: disable=g-import-not-at-top
     t_steps = FLAGS.torch_steps or FLAGS.steps
+    # torch takes its gradient in the same chunks as ours (it gains from them too).
     t_step, t_sync, t_device = torch_reference.make_step(
         FLAGS.ways, FLAGS.shots, FLAGS.queries, FLAGS.meta_batch, FLAGS.inner_steps,
-        FLAGS.inner_lr, first_order=FLAGS.algo == "fomaml")
+        FLAGS.inner_lr, first_order=FLAGS.algo == "fomaml", chunk=chunk)
     t0 = time.perf_counter()
     t_step()
     t_sync()
@@ -144,7 +146,8 @@ def main(argv):
     torch_tps = float(np.median([r["torch"] for r in rounds]))
     torch_out = {"tasks_per_s": round(torch_tps, 3),
                  "step_ms": round(1000 * FLAGS.meta_batch / torch_tps, 2),
-                 "warmup_s": round(warmup_s, 2), **torch_reference.describe(t_device)}
+                 "warmup_s": round(warmup_s, 2), "chunk": chunk,
+                 **torch_reference.describe(t_device)}
   # Sampling alone, to show it is a small part of the step.
   batch = jax.jit(sampler.batch_fn(), static_argnums=1)
   jax.block_until_ready(batch(jax.random.PRNGKey(0), FLAGS.meta_batch, sampler.images, sampler.counts))

@@ -234,12 +234,19 @@ def _sync(device):
 
 
 def make_step(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, inner_lr=0.4,
-              first_order=False, threads=0, seed=0):
+              first_order=False, threads=0, seed=0, chunk=0):
   """(step, sync, device): one MAML meta-training step on fixed random tasks.
 
   `step()` runs it (asynchronously on a GPU: call `sync()` before reading a
   clock), so a caller can interleave it with another implementation's steps.
+  With `chunk` > 0 (a divisor of `meta_batch`) the outer gradient is taken
+  over `chunk` vmapped tasks at a time and averaged, as our trainer's
+  gradient chunks (`fsl_jax.meta.base.task_chunk`) do; torch.func on CPU
+  gains from it too.
   """
+  if chunk and meta_batch % chunk:
+    raise ValueError(f"chunk={chunk} must divide meta_batch={meta_batch}.")
+  chunk = chunk or meta_batch
   if threads > 0:
     torch.set_num_threads(threads)
   torch.manual_seed(seed)
@@ -256,9 +263,13 @@ def make_step(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, inner_l
 
   def step():
     p = {k: v.detach() for k, v in meta.items()}
-    gr = outer_grad(p, sx, sy, qx, qy, inner_steps, inner_lr, first_order)
+    total = None
+    for i in range(0, meta_batch, chunk):
+      c = slice(i, i + chunk)
+      gr = outer_grad(p, sx[c], sy[c], qx[c], qy[c], inner_steps, inner_lr, first_order)
+      total = gr if total is None else {k: total[k] + gr[k] for k in gr}
     for k, v in meta.items():
-      v.grad = gr[k]
+      v.grad = total[k] / (meta_batch // chunk)
     opt.step()
 
   return step, lambda: _sync(device), device
@@ -270,10 +281,10 @@ def describe(device) -> dict:
 
 
 def run(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, steps=5, inner_lr=0.4,
-        first_order=False, threads=0, warmup=1, seed=0) -> dict:
+        first_order=False, threads=0, warmup=1, seed=0, chunk=0) -> dict:
   """Times `steps` MAML meta-training steps after `warmup` untimed ones."""
   step, sync, device = make_step(ways, shots, queries, meta_batch, inner_steps, inner_lr,
-                                 first_order, threads, seed)
+                                 first_order, threads, seed, chunk)
   sync()
   t0 = time.perf_counter()
   for _ in range(warmup):
@@ -293,7 +304,7 @@ def run(ways=5, shots=1, queries=15, meta_batch=32, inner_steps=5, steps=5, inne
       **describe(device),
       "ways": ways, "shots": shots, "queries": queries, "meta_batch": meta_batch,
       "inner_steps": inner_steps, "steps": steps, "inner_lr": inner_lr,
-      "first_order": first_order, "warmup": warmup, "seed": seed,
+      "first_order": first_order, "warmup": warmup, "seed": seed, "chunk": chunk,
   }
 
 
@@ -310,9 +321,11 @@ def main(argv=None):
   ap.add_argument("--threads", type=int, default=0, help="0: torch's default.")
   ap.add_argument("--warmup", type=int, default=1, help="Untimed warm-up steps.")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--chunk", type=int, default=0,
+                  help="Tasks per outer-gradient chunk, averaged (0: the whole meta-batch).")
   a = ap.parse_args(argv)
   print(json.dumps(run(a.ways, a.shots, a.queries, a.meta_batch, a.inner_steps, a.steps,
-                       a.inner_lr, a.first_order, a.threads, a.warmup, a.seed)))
+                       a.inner_lr, a.first_order, a.threads, a.warmup, a.seed, a.chunk)))
 
 
 if __name__ == "__main__":

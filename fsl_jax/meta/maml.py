@@ -140,7 +140,7 @@ class GradientLearner:
 
   def _apply(self, net: Params, state: dict, x, train: bool, i):
     module = self.net
-    if "head" in net:  # a zero-head learner's head has the task's ways
+    if self.zero_head and "head" in net:  # its head has the task's ways (task_init)
       module = self.net_for(jax.tree.leaves(net["head"])[0].shape[-1])
     kwargs = {"step": i} if getattr(module, "bn_steps", 0) else {}
     variables = {"params": net, **state}

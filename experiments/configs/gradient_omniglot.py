@@ -37,9 +37,6 @@ def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_in
   # Finn et al.: K support and K query examples per class while training.
   c.train.ways, c.train.shots, c.train.queries = 5, 1, 1
   c.train.meta_batch, c.train.steps = meta_batch, steps
-  c.train.task_batching = "auto"  # auto: vmap (a loop on CPU if model_kwargs.impl is cpu|xla)
-  # Tasks per gradient chunk; 0: 2 on CPU, all at once elsewhere (meta.base.task_chunk)
-  c.train.task_chunk = 0
   c.optimizer.update({"schedule": "constant", "decay_every": 0, **(optimizer or {})})
 
   if arg == "runlocal":

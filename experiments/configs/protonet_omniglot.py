@@ -39,8 +39,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.queries = 5
   c.train.meta_batch = 1
   c.train.steps = 20000
-  c.train.task_batching = "auto"  # vmap | map | auto (see fsl_jax.meta.base.task_batching)
-  c.train.task_chunk = 0          # tasks per gradient chunk; 0 = auto (meta.base.task_chunk)
+  # auto: vmap, but a loop (map) for per-task weights on CPU with XLA's
+  # convolutions (fsl_jax.meta.base.task_batching).
+  c.train.task_batching = "auto"
+  # Tasks per gradient chunk when vmapped; 0 = auto: 2 on CPU for per-task
+  # weights (the MAML family), all at once elsewhere (meta.base.task_chunk).
+  c.train.task_chunk = 0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

@@ -70,7 +70,7 @@ def main(argv):
   import ml_collections  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   from fsl_jax.data import ClassImages, EpisodeSampler, EpisodeSpec  # pylint: disable=g-import-not-at-top
-  from fsl_jax.train import meta_trainer  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import builders, meta_step, optim  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   s = FLAGS.image_size
@@ -84,15 +84,22 @@ def main(argv):
     cfg.learner_kwargs = {"inner_steps": FLAGS.inner_steps, "ways": FLAGS.ways,
                           "inner_lr": FLAGS.inner_lr, "remat": FLAGS.remat}
   spec = EpisodeSpec(FLAGS.ways, FLAGS.shots, FLAGS.queries)
-  mesh = meta_trainer.make_mesh()
+  mesh = builders.make_mesh()
   rep = NamedSharding(mesh, P())
   sampler = EpisodeSampler(src, spec, rotations=True, sharding=rep)
-  learner = meta_trainer.make_learner(cfg)
+  learner = builders.make_learner(cfg)
   opt = ml_collections.ConfigDict({"name": "adam", "learning_rate": 1e-3, "schedule": "constant"})
-  tx = meta_trainer.make_optimizer(opt, FLAGS.steps)
-  state = jax.device_put(meta_trainer.init_state(learner, tx, src.image_shape, spec, 0), rep)
-  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh,
-                                              FLAGS.batching, FLAGS.task_chunk), donate_argnums=0)
+  tx = optim.make_optimizer(opt, FLAGS.steps)
+  state = jax.device_put(builders.init_state(learner, tx, src.image_shape, spec, 0), rep)
+  train_step = meta_step.make_train_step(learner, tx, sampler, FLAGS.meta_batch, mesh,
+                                         FLAGS.batching, FLAGS.task_chunk)
+  run_key = builders.run_key(0)
+
+  def one_step(state, images, counts):  # as the harness runs it, without metric sums
+    new, _ = train_step(state, jax.random.fold_in(run_key, state["step"]), (images, counts))
+    return {**new, "step": state["step"] + 1}
+
+  step = jax.jit(one_step, donate_argnums=0)
   mode = meta.task_batching(learner, FLAGS.batching)
   chunk = meta.task_chunk(learner, mode, FLAGS.meta_batch // mesh.devices.size, FLAGS.task_chunk)
   t0 = time.perf_counter()

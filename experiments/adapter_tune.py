@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(common.friendly(main))
+  app.run(common.friendly(main), flags_parser=common.parse_flags)

@@ -32,23 +32,29 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   del argv
   common.setup()
-  from fsl_jax.data.episodes import EpisodeSpec  # pylint: disable=g-import-not-at-top
-  from fsl_jax.train import evaluation, meta_trainer  # pylint: disable=g-import-not-at-top
+  from fsl_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import builders, evaluation, loop, restore  # pylint: disable=g-import-not-at-top
 
-  cfg, learner, variables, step = meta_trainer.load_for_eval(FLAGS.workdir, FLAGS.step,
-                                                             FLAGS.learner_kwarg)
+  for name in ("ways", "shots", "queries", "episodes"):
+    value = getattr(FLAGS, name)
+    if value is not None and value < (2 if name == "ways" else 1):
+      raise loop.ConfigError(f"--{name}={value} must be at least {2 if name == 'ways' else 1}.")
+  # Checked before any work: the result is appended to WORKDIR/results.jsonl
+  # before it is printed, so nothing is printed that was not recorded.
+  workdir = loop.check_writable_dir(FLAGS.workdir)
+  cfg, learner, variables, step = restore.load_for_eval(workdir, FLAGS.step, FLAGS.learner_kwarg)
   ev = cfg.eval
   pick = lambda flag, default: default if flag is None else flag
   split = pick(FLAGS.split, ev.split)
-  spec = EpisodeSpec(pick(FLAGS.ways, ev.ways), pick(FLAGS.shots, ev.shots),
-                     pick(FLAGS.queries, ev.queries))
-  source = meta_trainer.load_split(cfg.data, split)
+  spec = builders.spec_from({"ways": pick(FLAGS.ways, ev.ways), "shots": pick(FLAGS.shots, ev.shots),
+                             "queries": pick(FLAGS.queries, ev.queries)})
+  source = data_registry.load_split(cfg.data, split)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
                                split=split, batching=cfg.train.get("task_batching", "auto"))
-  print(json.dumps(result), flush=True)
   extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
-  meta_trainer.log_result(FLAGS.workdir, {**result, "step": step, **extra})
+  loop.append_result(workdir, {**result, "step": step, **extra})
+  print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

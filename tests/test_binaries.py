@@ -117,7 +117,7 @@ def test_four_devices_match_one(tmp_path):
     np.testing.assert_allclose(b["accuracy"], a["accuracy"], atol=1e-5)
   assert m1[-1]["loss"] < m1[0]["loss"] - 0.05  # it trained
   from fsl_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
-  w1, w4 = (Checkpointer(tmp_path / d / "checkpoints").restore_raw()["params"]
+  w1, w4 = (Checkpointer(tmp_path / d / "checkpoints").restore_raw()[0]["state"]["params"]
             for d in ("one", "four"))
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
   np.testing.assert_allclose(flat(w4), flat(w1), rtol=1e-4, atol=1e-5)  # 1e-6 seen

@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax.data import lake_runs
-from fsl_jax.train import meta_trainer
+from fsl_jax.train import loop, restore
 
 
 def evaluate_runs(workdir: str, runs_dir: str, step: int | None = None) -> dict:
-  config = meta_trainer.load_config(workdir)
+  workdir = loop.check_writable_dir(workdir)  # the result is recorded there
+  config = restore.load_config(workdir)
   runs = lake_runs.read_runs(runs_dir, int(config.data.get("image_size", 28)))
-  _, learner, variables, step = meta_trainer.load_for_eval(workdir, step)
+  _, learner, variables, step = restore.load_for_eval(workdir, step)
   predict = jax.jit(learner.predict)
   errors = []
   for run in runs:
@@ -25,5 +26,5 @@ def evaluate_runs(workdir: str, runs_dir: str, step: int | None = None) -> dict:
     errors.append(float(np.mean(np.asarray(jnp.argmax(logits, -1)) != run.test_y)))
   result = {"error_rate": round(float(np.mean(errors)), 6), "runs": len(runs),
             "per_run": [round(e, 4) for e in errors], "step": step}
-  meta_trainer.log_result(workdir, {"protocol": "lake_one_shot", **result})
+  loop.append_result(workdir, {"protocol": "lake_one_shot", **result})
   return result

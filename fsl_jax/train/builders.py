@@ -1,0 +1,85 @@
+"""Everything a meta-learning run is built from, by name from its config.
+
+Shared by training (`meta_trainer`) and evaluation (`restore`): the learner
+and its backbone, the device mesh, episode specs and the initial state.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+import numpy as np
+
+from fsl_jax import meta, models
+from fsl_jax.data.episodes import EpisodeSpec
+
+
+def import_modules(config) -> None:
+  """Imports `config.imports` (comma-separated modules), e.g. one registering a learner."""
+  for name in filter(None, (m.strip() for m in str(config.get("imports", "") or "").split(","))):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ImportError(f"config.imports names {name!r}, which does not import ({e}); "
+                        "is its directory on PYTHONPATH?") from e
+
+
+def make_learner(config):
+  """`config.learner` around `config.model` (both by name), with their kwargs."""
+  import_modules(config)
+  model = models.get(config.model, **dict(config.get("model_kwargs", {})))
+  return meta.get(config.learner, model=model, **dict(config.get("learner_kwargs", {})))
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D ('data',) mesh over the first `num_devices` devices (0: all)."""
+  devices = jax.devices()
+  if num_devices:
+    if num_devices > len(devices):
+      raise ValueError(f"config.devices={num_devices} but only {len(devices)} devices exist; "
+                       f"set --config.devices to at most {len(devices)} (0: all).")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), ("data",))
+
+
+def spec_from(cfg, where: str = "") -> EpisodeSpec:
+  """EpisodeSpec from a config section with ways, shots and queries (checked)."""
+  values = {}
+  for key in ("ways", "shots", "queries"):
+    v = cfg.get(key)
+    low = 2 if key == "ways" else 1
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+      raise ValueError(f"{where}{key}={v!r} must be an integer of at least {low}; set "
+                       f"--config.{where}{key}.")
+    values[key] = v
+  return EpisodeSpec(values["ways"], values["shots"], values["queries"])
+
+
+def dummy_episode(image_shape, spec: EpisodeSpec) -> dict:
+  n, k, q = spec.ways, spec.shots, spec.queries
+  return {"support_x": jnp.zeros((n * k,) + tuple(image_shape)),
+          "support_y": jnp.repeat(jnp.arange(n), k),
+          "query_x": jnp.zeros((n * q,) + tuple(image_shape)),
+          "query_y": jnp.repeat(jnp.arange(n), q), "classes": jnp.arange(n)}
+
+
+def init_state(learner, tx, image_shape, spec: EpisodeSpec, seed: int) -> dict:
+  """{params, model_state, opt_state, step}; depends only on (config, seed), never on data."""
+  k_init, _ = jax.random.split(jax.random.PRNGKey(seed))  # [1]: run_key's episodes
+  variables = learner.init(k_init, dummy_episode(image_shape, spec))
+  params = variables.pop("params")
+  return {"params": params, "model_state": variables, "opt_state": tx.init(params),
+          "step": jnp.asarray(0, jnp.int32)}
+
+
+def run_key(seed: int) -> jax.Array:
+  """The key whose fold_in(step) draws step's episodes (the harness's `rng`)."""
+  return jax.random.split(jax.random.PRNGKey(seed))[1]
+
+
+def variables(state) -> dict:
+  """The learner's variables in a training state."""
+  return {"params": state["params"], **state["model_state"]}

@@ -1,0 +1,94 @@
+"""A trained meta-learner back from its workdir, for evaluation (no training code)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from fsl_jax.train import builders
+from fsl_jax.train.checkpoint import Checkpointer, CheckpointError
+
+BINARY = "meta_train"
+
+
+def open_checkpoints(workdir: str) -> Checkpointer:
+  """The workdir's checkpoints, refusing a missing one or another binary's."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise CheckpointError(f"--workdir={workdir} is a file, not a workdir of experiments.meta_train.")
+  directory = os.path.join(workdir, "checkpoints")
+  ckpt = Checkpointer(directory) if os.path.isdir(directory) else None
+  if ckpt is None or ckpt.latest_step() is None:
+    if ckpt is not None:
+      ckpt.close()
+    raise CheckpointError(
+        f"No checkpoint in {workdir}: train first with `python -m experiments.meta_train "
+        f"--config=experiments/configs/protonet_omniglot.py --workdir={workdir}`.")
+  binary = ckpt.restore_meta().get("binary", BINARY)
+  if binary != BINARY:
+    ckpt.close()
+    raise CheckpointError(f"{workdir} holds a checkpoint of experiments.{binary}, not of "
+                          "experiments.meta_train; this binary evaluates meta-learners only.")
+  return ckpt
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir's latest checkpoint was trained with."""
+  ckpt = open_checkpoints(workdir)
+  try:
+    return ml_collections.ConfigDict(ckpt.restore_meta()["config"])
+  finally:
+    ckpt.close()
+
+
+def parse_learner_kwargs(config, items) -> dict:
+  """{name: value} from "NAME=VALUE" strings, typed like config.learner_kwargs[name].
+
+  Only options the saved config has can change (a typo must not evaluate
+  silently with the trained setting).
+  """
+  known = dict(config.get("learner_kwargs", {}))
+  out = {}
+  for item in items:
+    name, sep, text = item.partition("=")
+    if not sep or name not in known:
+      raise ValueError(f"learner option {item!r}: use NAME=VALUE with NAME one of "
+                       f"{sorted(known)} (the learner's options in the saved config).")
+    old = known[name]
+    if isinstance(old, bool):
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"learner option {name} is a bool; got {text!r}, use true or false.")
+      out[name] = text.lower() in ("true", "1")
+    elif isinstance(old, (int, float)):
+      try:
+        out[name] = type(old)(text)
+      except ValueError:
+        kind = "an integer" if isinstance(old, int) else "a number"
+        raise ValueError(f"learner option {name} takes {kind}; got {text!r}.") from None
+    else:
+      out[name] = text
+  return out
+
+
+def load_for_eval(workdir: str, step: int | None = None, learner_kwargs=()):
+  """(config, learner, variables, step) from a checkpoint (default: newest readable).
+
+  Restores only what evaluation needs (params and model state), as saved.
+  `learner_kwargs` ("NAME=VALUE" strings) change learner options that do not
+  change the weights, e.g. eval_inner_steps=1 or transductive=false; the
+  returned config has them.
+  """
+  ckpt = open_checkpoints(workdir)
+  try:
+    carry, meta, step = ckpt.restore_raw(step)
+  finally:
+    ckpt.close()
+  config = ml_collections.ConfigDict(meta["config"])
+  if learner_kwargs:
+    config.learner_kwargs.update(parse_learner_kwargs(config, learner_kwargs))
+  learner = builders.make_learner(config)
+  variables = jax.tree.map(jnp.asarray, builders.variables(carry["state"]))
+  return config, learner, variables, step

@@ -1,5 +1,6 @@
-"""MatchingNet, R2D2 and Baseline++: NumPy references, learning, end-to-end runs."""
+"""Metric learners: NumPy references, the shared base, learning, end-to-end runs."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from fsl_jax.meta import baseline, matchingnet, r2d2
+from fsl_jax.meta import baseline, matchingnet, metric, protonet, r2d2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,60 @@ def test_matchingnet_probs_match_numpy():
   logits = matchingnet.matching_logits(jnp.asarray(sup), jnp.asarray(sup_y), jnp.asarray(qry),
                                        ways, scale, eps=1e-6)
   np.testing.assert_allclose(np.asarray(logits), np.log(ref + 1e-6), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------ the shared base
+
+@dataclasses.dataclass(frozen=True)
+class NearestMean(metric.MetricLearner):
+  """A new metric learner: only its logits (dot products with class means)."""
+  name: str = "nearest_mean"
+
+  def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
+    del head
+    return query_QxD @ protonet.prototypes(support_SxD, support_y_S, ways).T
+
+
+def test_metric_learners_share_embedding_loss_and_predict():
+  rng = np.random.default_rng(5)
+  ep = _toy_episode(rng, rng.normal(size=(8, 16)), [6, 1, 4], 2, 3, 1.5)
+  key = jax.random.PRNGKey(0)
+  x = jnp.concatenate([ep["support_x"], ep["query_x"]])
+  backbone = TinyNet().init(key, x, train=False)
+  for learner in [protonet.ProtoNet(TinyNet()), matchingnet.MatchingNet(TinyNet(), scale=5.0),
+                  r2d2.R2D2(TinyNet(), init_lambda=0.5), NearestMean(TinyNet())]:
+    variables = learner.init(key, ep)
+    # Params: the backbone's alone, or {'backbone', head_key} (checkpoint layouts).
+    if learner.head_key is None:
+      assert jax.tree.structure(variables) == jax.tree.structure(dict(backbone))
+    else:
+      assert set(variables["params"]) == {"backbone", learner.head_key}
+    jax.tree.map(np.testing.assert_array_equal, learner.backbone_variables(variables),
+                 dict(backbone))
+
+    # predict: the hook's logits on one eval-mode embedding of support + query.
+    emb = TinyNet().apply(backbone, x, train=False)
+    want = learner.query_logits(learner.head(variables), emb[:6], ep["support_y"], emb[6:], 3)
+    logits = learner.predict(variables, ep)
+    assert logits.shape == (9, 3)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+    # outer_loss at eval: cross-entropy and accuracy of those logits, no state.
+    loss, aux = learner.outer_loss(variables, ep, train=False)
+    z = np.asarray(logits, np.float64)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    y = np.asarray(ep["query_y"])
+    np.testing.assert_allclose(float(loss), -logp[np.arange(9), y].mean(), rtol=1e-4, atol=1e-6)
+    assert float(aux["accuracy"]) == np.mean(np.argmax(logits, -1) == y)
+    assert aux["model_state"] == {}
+
+    # Training: BatchNorm statistics of the whole episode (all 15 images) come back.
+    _, aux = learner.outer_loss(variables, ep, train=True)
+    dense = backbone["params"]["Dense_0"]
+    h_BxH = np.asarray(x).reshape(15, -1) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    np.testing.assert_allclose(aux["model_state"]["batch_stats"]["BatchNorm_0"]["mean"],
+                               0.1 * h_BxH.mean(0), rtol=1e-4, atol=1e-6)  # momentum 0.9 from 0
 
 
 # ------------------------------------------------------------ Baseline++

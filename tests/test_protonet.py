@@ -7,7 +7,7 @@ import optax
 
 from fsl_jax import meta, models
 from fsl_jax.data import testing
-from fsl_jax.meta import protonet
+from fsl_jax.meta import losses, protonet
 
 
 def _numpy_protonet(sup, sup_y, qry, qry_y, ways):
@@ -26,7 +26,7 @@ def test_loss_matches_numpy():
   qry = rng.normal(size=(ways * q, d)).astype(np.float32)
   sup_y, qry_y = np.repeat(np.arange(ways), shots), np.repeat(np.arange(ways), q)
   logits = protonet.protonet_logits(jnp.asarray(sup), jnp.asarray(sup_y), jnp.asarray(qry), ways)
-  loss, acc = protonet.ce_and_accuracy(logits, jnp.asarray(qry_y))
+  loss, acc = losses.ce_and_accuracy(logits, jnp.asarray(qry_y))
   ref_loss, ref_acc = _numpy_protonet(sup, sup_y, qry, qry_y, ways)
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
   np.testing.assert_allclose(float(acc), ref_acc)
@@ -35,7 +35,7 @@ def test_loss_matches_numpy():
 def test_loss_decreases_and_accuracy_rises():
   from fsl_jax.data import EpisodeSampler, EpisodeSpec, omniglot
   from fsl_jax.train import evaluation
-  from fsl_jax.train.meta_trainer import dummy_episode
+  from fsl_jax.train.builders import dummy_episode
   with testing.mock_omniglot(train_classes=40, test_classes=20):
     train, test = omniglot.load_omniglot("train"), omniglot.load_omniglot("test")
   spec = EpisodeSpec(5, 1, 5)

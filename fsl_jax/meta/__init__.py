@@ -1,7 +1,9 @@
 """Meta-learners, chosen by name from a registry (see `fsl_jax.meta.base`)."""
 
-from fsl_jax.meta.base import (Learner, get, map_tasks, names, register, task_batching,
-                                task_chunk)
+from fsl_jax.meta.base import (LEARNERS, Learner, get, map_tasks, names, register,
+                                task_batching, task_chunk)
+from fsl_jax.meta.losses import ce_and_accuracy
+from fsl_jax.meta.metric import MetricLearner
 from fsl_jax.meta import maml  # noqa: F401  (registers itself)
 from fsl_jax.meta import protonet  # noqa: F401
 from fsl_jax.meta import baseline  # noqa: F401

@@ -16,6 +16,11 @@ when `outer_loss` takes the training step as `step=`, for schedules inside
 the loss such as MAML++'s annealing). Gradient-based learners share
 `fsl_jax.meta.maml.GradientLearner`, whose `adapt(variables, x, y, steps)`
 returns fast weights; a new one overrides a hook or two (see docs/learners.md).
+Metric learners (ProtoNet, MatchingNet, R2D2, Baseline++) share
+`fsl_jax.meta.metric.MetricLearner`: one embedding of the episode, and a
+new one supplies only its query logits.
+
+Learners are registered by name in `LEARNERS` (`register`, `get`, `names`).
 
 Episodes are dicts with support_x [N*K, H, W, D], support_y [N*K],
 query_x [N*Q, H, W, D], query_y [N*Q] (see `fsl_jax.data.episodes`).
@@ -26,6 +31,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol
 
 import jax
+
+from fsl_jax.registry import Registry
 
 Variables = dict[str, Any]
 Episode = dict[str, jax.Array]
@@ -102,21 +109,19 @@ def map_tasks(fn: Callable, batching: str) -> Callable:
   return lambda *args: jax.lax.map(lambda a: fn(*a), args)
 
 
-_REGISTRY: dict[str, Callable[..., Learner]] = {}
+# Learner factories by name (the classes, called with `model=` and the learner's options).
+LEARNERS = Registry("learner")
 
 
-def register(name: str):
-  def deco(factory):
-    _REGISTRY[name] = factory
-    return factory
-  return deco
+def register(name: str, factory: Callable[..., Learner] | None = None):
+  """`@register("name")` on a learner class (a duplicate name is refused)."""
+  return LEARNERS.register(name, factory)
 
 
 def get(name: str, **kwargs) -> Learner:
-  if name not in _REGISTRY:
-    raise KeyError(f"Unknown learner {name!r}; registered: {sorted(_REGISTRY)}.")
-  return _REGISTRY[name](**kwargs)
+  """The learner `name` built with `kwargs`; an unknown name or option is a ValueError."""
+  return LEARNERS.build(name, **kwargs)
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return LEARNERS.names()

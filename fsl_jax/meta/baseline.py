@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from fsl_jax.meta import base, embedding
-from fsl_jax.meta.protonet import ce_and_accuracy, prototypes
+from fsl_jax.meta import base, embedding, losses, metric
+from fsl_jax.meta.protonet import prototypes
 
 
 def cosine_logits(emb_BxD: jax.Array, weight_CxD: jax.Array, scale: float) -> jax.Array:
@@ -56,13 +55,19 @@ def finetune_classifier(support_SxD, support_y_S, ways: int, steps: int, lr: flo
 
 @base.register("baseline")
 @dataclasses.dataclass(frozen=True)
-class BaselinePP:
-  model: nn.Module
+class BaselinePP(metric.MetricLearner):
+  """A metric learner whose query logits come from a head fine-tuned on the support.
+
+  Its own `init` (the classifier's shape needs the embedding width) and
+  `outer_loss` (all training classes, support and query alike).
+  """
   num_classes: int = 0        # global training class ids (x4 with rotations)
   scale: float = 10.0         # cosine-logit scale, pretraining and fine-tuning
   finetune_steps: int = 100
   finetune_lr: float = 0.01   # Adam, full batch on the support set
   name: str = "baseline"
+
+  head_key = "classifier"
 
   def init(self, key, episode):
     if self.num_classes <= 0:
@@ -79,25 +84,20 @@ class BaselinePP:
     return {**variables,
             "params": {"backbone": variables["params"], "classifier": {"weight": weight_CxD}}}
 
-  def _backbone(self, variables):
-    return {**variables, "params": variables["params"]["backbone"]}
-
   def outer_loss(self, variables, episode, key=None, train=True):
     """Cross-entropy over all classes on support + query; accuracy likewise."""
     del key
     x = jnp.concatenate([episode["support_x"], episode["query_x"]])
     labels_B = episode["classes"][jnp.concatenate([episode["support_y"], episode["query_y"]])]
-    emb_BxD, state = embedding.embed(self.model, self._backbone(variables), x, train)
-    weight_CxD = variables["params"]["classifier"]["weight"]
-    loss, acc = ce_and_accuracy(cosine_logits(emb_BxD, weight_CxD, self.scale), labels_B)
+    emb_BxD, state = embedding.embed(self.model, self.backbone_variables(variables), x, train)
+    weight_CxD = self.head(variables)["weight"]
+    loss, acc = losses.ce_and_accuracy(cosine_logits(emb_BxD, weight_CxD, self.scale), labels_B)
     loss = jnp.where(jnp.all((labels_B >= 0) & (labels_B < self.num_classes)), loss, jnp.nan)
     return loss, {"accuracy": acc, "model_state": state}
 
-  def predict(self, variables, episode, key=None):
-    del key
-    sup, qry, _ = embedding.embed_episode(self.model, self._backbone(variables), episode,
-                                          train=False)
-    ways = episode["classes"].shape[0]
-    w_NxD = finetune_classifier(sup, episode["support_y"], ways, self.finetune_steps,
+  def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
+    """A new N-way cosine head fitted on the frozen support embeddings (`predict`)."""
+    del head  # the pretraining classifier scores training classes only
+    w_NxD = finetune_classifier(support_SxD, support_y_S, ways, self.finetune_steps,
                                 self.finetune_lr, self.scale)
-    return cosine_logits(qry, w_NxD, self.scale)
+    return cosine_logits(query_QxD, w_NxD, self.scale)

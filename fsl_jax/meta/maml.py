@@ -27,16 +27,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from fsl_jax.meta import base
+from fsl_jax.meta import base, losses
 
 Params = dict[str, Any]
-
-
-def ce_and_accuracy(logits, labels):
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
 def sgd(fast, grads, lr):
@@ -175,7 +169,7 @@ class GradientLearner:
 
     def support_loss(adapted, i):
       logits, _ = self._apply(self.combine(adapted, frozen), state, x, train, i)
-      return ce_and_accuracy(logits, y)[0]
+      return losses.ce_and_accuracy(logits, y)[0]
 
     def body(adapted, i):
       grads = jax.grad(support_loss)(adapted, i)
@@ -185,7 +179,7 @@ class GradientLearner:
       out = None
       if query is not None:
         logits, _ = self._apply(self.combine(adapted, frozen), state, query[0], train, i + 1)
-        out = ce_and_accuracy(logits, query[1])
+        out = losses.ce_and_accuracy(logits, query[1])
       return adapted, out
 
     if self.remat:
@@ -200,7 +194,7 @@ class GradientLearner:
     fast, per_step = self.adapt(variables, episode["support_x"], episode["support_y"], steps,
                                 train, first_order, query, ways=episode["classes"].shape[0])
     logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
-    loss, acc = ce_and_accuracy(logits, episode["query_y"])
+    loss, acc = losses.ce_and_accuracy(logits, episode["query_y"])
     if weights is not None:  # multi-step loss: the last term is `loss` itself
       loss = jnp.sum(weights[:-1] * per_step[0][:-1]) + weights[-1] * loss
     return loss, {"accuracy": acc, "model_state": new_state}
@@ -362,7 +356,7 @@ class Reptile(GradientLearner):
     fast = jax.lax.stop_gradient(fast)
     state = _model_state(variables)
     logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
-    _, acc = ce_and_accuracy(logits, episode["query_y"])
+    _, acc = losses.ce_and_accuracy(logits, episode["query_y"])
     net = variables["params"]["net"]
     if self.zero_head:  # the stored head is never used (and may have other ways)
       net, fast = ({k: v for k, v in t.items() if k != "head"} for t in (net, fast))

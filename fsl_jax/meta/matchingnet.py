@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.meta import base, embedding
-from fsl_jax.meta.protonet import ce_and_accuracy
+from fsl_jax.meta import base, embedding, metric
 
 
 def matching_probs(support_SxD, support_y_S, query_QxD, ways: int, scale: float) -> jax.Array:
@@ -33,27 +31,11 @@ def matching_logits(support_SxD, support_y_S, query_QxD, ways: int, scale: float
 
 @base.register("matchingnet")
 @dataclasses.dataclass(frozen=True)
-class MatchingNet:
-  model: nn.Module
+class MatchingNet(metric.MetricLearner):
   scale: float = 10.0  # multiplies cosine similarities before the softmax
   eps: float = 1e-6    # added to probabilities before the log
   name: str = "matchingnet"
 
-  def init(self, key, episode):
-    x = jnp.concatenate([episode["support_x"], episode["query_x"]])
-    return dict(self.model.init(key, x, train=False))
-
-  def _logits(self, variables, episode, train):
-    sup, qry, state = embedding.embed_episode(self.model, variables, episode, train)
-    ways = episode["classes"].shape[0]
-    return matching_logits(sup, episode["support_y"], qry, ways, self.scale, self.eps), state
-
-  def outer_loss(self, variables, episode, key=None, train=True):
-    del key
-    logits, state = self._logits(variables, episode, train)
-    loss, acc = ce_and_accuracy(logits, episode["query_y"])
-    return loss, {"accuracy": acc, "model_state": state}
-
-  def predict(self, variables, episode, key=None):
-    del key
-    return self._logits(variables, episode, train=False)[0]
+  def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
+    del head
+    return matching_logits(support_SxD, support_y_S, query_QxD, ways, self.scale, self.eps)

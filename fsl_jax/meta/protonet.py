@@ -1,20 +1,18 @@
 """Prototypical Networks (Snell et al., 2017).
 
 Class prototypes are mean support embeddings; query logits are negative
-squared Euclidean distances to them. Support and query go through the
-backbone in one batch, so training-mode BatchNorm sees the whole episode.
+squared Euclidean distances to them. The rest (one backbone batch for the
+episode, the cross-entropy) is `metric.MetricLearner`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
-from fsl_jax.meta import base
+from fsl_jax.meta import base, metric
 
 
 def prototypes(emb_SxD: jax.Array, labels_S: jax.Array, ways: int) -> jax.Array:
@@ -34,40 +32,11 @@ def protonet_logits(support_SxD, support_y_S, query_QxD, ways: int) -> jax.Array
   return -sq_euclidean(query_QxD, prototypes(support_SxD, support_y_S, ways))
 
 
-def ce_and_accuracy(logits_QxN, labels_Q):
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits_QxN, labels_Q).mean()
-  acc = jnp.mean(jnp.argmax(logits_QxN, -1) == labels_Q)
-  return loss, acc
-
-
 @base.register("protonet")
 @dataclasses.dataclass(frozen=True)
-class ProtoNet:
-  model: nn.Module
+class ProtoNet(metric.MetricLearner):
   name: str = "protonet"
 
-  def init(self, key, episode):
-    x = jnp.concatenate([episode["support_x"], episode["query_x"]])
-    return dict(self.model.init(key, x, train=False))
-
-  def _embed(self, variables, episode, train):
-    s = episode["support_x"].shape[0]
-    x = jnp.concatenate([episode["support_x"], episode["query_x"]])
-    if train and "batch_stats" in variables:
-      emb, state = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
-    else:
-      emb, state = self.model.apply(variables, x, train=False), {}
-    return emb[:s], emb[s:], state
-
-  def outer_loss(self, variables, episode, key=None, train=True):
-    del key
-    sup, qry, state = self._embed(variables, episode, train)
-    ways = episode["classes"].shape[0]
-    logits = protonet_logits(sup, episode["support_y"], qry, ways)
-    loss, acc = ce_and_accuracy(logits, episode["query_y"])
-    return loss, {"accuracy": acc, "model_state": state}
-
-  def predict(self, variables, episode, key=None):
-    del key
-    sup, qry, _ = self._embed(variables, episode, train=False)
-    return protonet_logits(sup, episode["support_y"], qry, episode["classes"].shape[0])
+  def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
+    del head
+    return protonet_logits(support_SxD, support_y_S, query_QxD, ways)

@@ -21,12 +21,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.meta import base, embedding
-from fsl_jax.meta.protonet import ce_and_accuracy
+from fsl_jax.meta import base, metric
 
 
 def ridge_weights(support_SxD: jax.Array, targets_SxN: jax.Array, lam: jax.Array) -> jax.Array:
@@ -45,33 +43,18 @@ def r2d2_logits(support_SxD, support_y_S, query_QxD, ways: int, head: dict) -> j
 
 @base.register("r2d2")
 @dataclasses.dataclass(frozen=True)
-class R2D2:
-  model: nn.Module
+class R2D2(metric.MetricLearner):
   init_lambda: float = 1.0
   init_scale: float = 10.0  # ridge outputs are ~one-hot sized; softmax needs larger logits
   name: str = "r2d2"
 
-  def init(self, key, episode):
-    x = jnp.concatenate([episode["support_x"], episode["query_x"]])
-    variables = dict(self.model.init(key, x, train=False))
-    head = {"log_lambda": jnp.asarray(math.log(self.init_lambda), jnp.float32),
+  head_key = "head"
+
+  def init_head(self, key):
+    del key
+    return {"log_lambda": jnp.asarray(math.log(self.init_lambda), jnp.float32),
             "scale": jnp.asarray(self.init_scale, jnp.float32),
             "bias": jnp.zeros((), jnp.float32)}
-    return {**variables, "params": {"backbone": variables["params"], "head": head}}
 
-  def _logits(self, variables, episode, train):
-    params = variables["params"]
-    sup, qry, state = embedding.embed_episode(
-        self.model, {**variables, "params": params["backbone"]}, episode, train)
-    ways = episode["classes"].shape[0]
-    return r2d2_logits(sup, episode["support_y"], qry, ways, params["head"]), state
-
-  def outer_loss(self, variables, episode, key=None, train=True):
-    del key
-    logits, state = self._logits(variables, episode, train)
-    loss, acc = ce_and_accuracy(logits, episode["query_y"])
-    return loss, {"accuracy": acc, "model_state": state}
-
-  def predict(self, variables, episode, key=None):
-    del key
-    return self._logits(variables, episode, train=False)[0]
+  def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
+    return r2d2_logits(support_SxD, support_y_S, query_QxD, ways, head)

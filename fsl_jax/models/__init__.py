@@ -1,7 +1,10 @@
-"""Backbones, chosen by name from a small registry.
+"""Backbones, chosen by name from a registry.
 
     model = models.get("conv4", **kwargs)   # a flax.linen.Module
     models.register("my_net")(MyNet)        # later backbones join the same way
+
+An unknown name or option is a ValueError naming the close names or options
+(`fsl_jax.registry.Registry`); registering a taken name is refused.
 """
 
 from __future__ import annotations
@@ -10,26 +13,24 @@ from typing import Callable
 
 import flax.linen as nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from fsl_jax.registry import Registry
+
+# Backbone factories by name (Flax module classes, called with the model's options).
+MODELS = Registry("model")
 
 
-def register(name: str):
-  def deco(factory):
-    if name in _REGISTRY:
-      raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = factory
-    return factory
-  return deco
+def register(name: str, factory: Callable[..., nn.Module] | None = None):
+  """`@register("name")` on a backbone class (a duplicate name is refused)."""
+  return MODELS.register(name, factory)
 
 
 def get(name: str, **kwargs) -> nn.Module:
-  if name not in _REGISTRY:
-    raise KeyError(f"Unknown model {name!r}; registered: {sorted(_REGISTRY)}.")
-  return _REGISTRY[name](**kwargs)
+  """The backbone `name` built with `kwargs`."""
+  return MODELS.build(name, **kwargs)
 
 
 def names() -> list[str]:
-  return sorted(_REGISTRY)
+  return MODELS.names()
 
 
 from fsl_jax.models import conv4  # noqa: E402,F401  (registers itself)

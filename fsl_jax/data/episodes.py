@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fsl_jax.data.sources import ClassImages, DataError
 
@@ -131,6 +130,3 @@ class EpisodeSampler:
   def sample_batch(self, key: jax.Array, size: int) -> Episode:
     return self._batch(key, size, self.images, self.counts)
 
-
-def numpy_episode(ep: Episode) -> dict[str, np.ndarray]:
-  return {k: np.asarray(v) for k, v in ep.items()}

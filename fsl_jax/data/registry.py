@@ -19,10 +19,17 @@ def load_split(data_cfg, split: str) -> ClassImages:
 
 
 def _folder_root(data_cfg, split: str) -> str:
-  root = data_cfg.get(f"{split}_dir") or ""
+  """The folder (or .zip) of `split`: config.data.{train,val,test}_dir."""
+  key = f"{split}_dir"
+  if key not in data_cfg:
+    raise DataError(f"Folder datasets have the splits train, val and test "
+                    f"(config.data.train_dir, val_dir, test_dir), not '{split}': set "
+                    f"data.train_split, data.val_split and eval.split to those names.")
+  root = data_cfg.get(key) or ""
   if not root:
-    raise DataError(f"Set --config.data.{split}_dir to the folder (or .zip) of the "
-                    f"'{split}' split.")
+    raise DataError(f"Set --config.data.{key} to the folder (or .zip) of the '{split}' split"
+                    + (" (or --config.data.val_split='' to train without validation)."
+                       if split == "val" else "."))
   return root
 
 
@@ -37,13 +44,15 @@ def _omniglot(data_cfg, split: str) -> ClassImages:
 @DATASETS.register("omniglot_folder")
 def _omniglot_folder(data_cfg, split: str) -> ClassImages:
   from fsl_jax.data import folders  # pylint: disable=g-import-not-at-top
-  return folders.load_omniglot_folder(_folder_root(data_cfg, split),
-                                      data_cfg.get("image_size", 28))
+  return folders.load_omniglot_folder(
+      _folder_root(data_cfg, split), data_cfg.get("image_size", 28),
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)))
 
 
 @DATASETS.register("image_folder")
 def _image_folder(data_cfg, split: str) -> ClassImages:
   from fsl_jax.data import folders  # pylint: disable=g-import-not-at-top
-  return folders.load_image_folder(_folder_root(data_cfg, split),
-                                   data_cfg.get("image_size", 84),
-                                   grayscale=bool(data_cfg.get("grayscale", False)))
+  return folders.load_image_folder(
+      _folder_root(data_cfg, split), data_cfg.get("image_size", 84),
+      grayscale=bool(data_cfg.get("grayscale", False)),
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)))

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from fsl_jax.data.folders import read_png_strokes
-from fsl_jax.data.sources import ClassImages, DataError, resize, to_strokes
+from fsl_jax.data.sources import (ClassImages, DataError, read_text, resize, text_lines,
+                                  to_strokes)
 
 
 @dataclasses.dataclass
@@ -31,6 +32,10 @@ class Run:
   train_x: np.ndarray   # [20, S, S, 1] strokes = 1, in class order
   test_x: np.ndarray    # [20, S, S, 1]
   test_y: np.ndarray    # [20] index into train_x
+
+
+# The fix for an unreadable image in a run: runs are fixed sets, nothing to skip.
+_REMAKE = "Replace it, or build new runs with `python -m experiments.make_lake_runs`."
 
 
 def read_runs(runs_dir: str, image_size: int = 28) -> list[Run]:
@@ -47,16 +52,26 @@ def read_runs(runs_dir: str, image_size: int = 28) -> list[Run]:
     train_files = sorted((run / "training").glob("*.png"))
     index = {f"{run.name}/training/{p.name}": i for i, p in enumerate(train_files)}
     test_files, test_y = [], []
-    for line in labels_file.read_text().split("\n"):
+    for n, line in enumerate(text_lines(read_text(str(labels_file))), 1):
       if not line.strip():
         continue
-      test_rel, train_rel = line.split()
+      fields = line.split()
+      where = f"{labels_file}:{n}"
+      if len(fields) != 2:
+        raise DataError(f"{where} has {len(fields)} fields ({line.strip()[:80]!r}); expected "
+                        f"'{run.name}/test/itemNN.png {run.name}/training/classNN.png'.")
+      test_rel, train_rel = fields
       if train_rel not in index:
-        raise DataError(f"{labels_file}: {train_rel} is not an image in {run / 'training'}.")
+        raise DataError(f"{where}: {train_rel} is not an image in {run / 'training'}.")
+      if not (root / test_rel).is_file():
+        raise DataError(f"{where}: {test_rel} is not a file under {root}.")
       test_files.append(root / test_rel)
       test_y.append(index[train_rel])
-    load = lambda files: resize(
-        np.stack([read_png_strokes(p.read_bytes()) for p in files])[..., None], image_size)
+    if not test_files:
+      raise DataError(f"{labels_file} lists no test items: expected lines "
+                      f"'{run.name}/test/itemNN.png {run.name}/training/classNN.png'.")
+    load = lambda files: resize(np.stack([
+        read_png_strokes(p.read_bytes(), str(p), _REMAKE) for p in files])[..., None], image_size)
     runs.append(Run(run.name, load(train_files), load(test_files), np.asarray(test_y)))
   return runs
 

@@ -12,6 +12,10 @@ and the system response that follows. Two readers:
 `format_context` writes "<customer> hi <system> hello <customer> a table <system>";
 `encode_example` appends the response and EOS and gives loss weights that are
 1 on the response tokens and EOS only.
+
+Bad input is a `DataError` naming the file: not UTF-8 or not JSON (with the
+line, blank lines counted), a field of the wrong type (the JSONL line, or the
+SGD dialogue and turn), or no exchanges at all (an empty file).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import os
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from fsl_jax.data.sources import DataError, read_text, text_lines
 
 CUSTOMER, SYSTEM = "<customer>", "<system>"
 SPECIAL_TOKENS = (CUSTOMER, SYSTEM)
@@ -41,7 +47,36 @@ def _speaker(s: str) -> str:
     return "customer"
   if s in ("SYSTEM", "AGENT"):
     return "system"
-  raise ValueError(f"Unknown speaker {s!r}; expected USER or SYSTEM.")
+  raise DataError(f"Unknown speaker {s!r}; expected USER or SYSTEM.")
+
+
+def _load_json(path: str):
+  """A JSON file, or DataError naming the file and the line of the error."""
+  text = read_text(path)
+  if not text.strip():
+    raise DataError(f"{path} is empty: expected SGD dialogues JSON.")
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as err:
+    msg = f"{path}:{err.lineno} is not valid JSON ({err.msg}, column {err.colno})."
+    raise DataError(msg) from None
+
+
+def _sgd_turns(dialogue: dict, where: str) -> list[tuple[str, str]]:
+  turns = dialogue.get("turns")
+  if not isinstance(turns, list):
+    raise DataError(f"{where} has no 'turns' list.")
+  out = []
+  for j, t in enumerate(turns):
+    if not (isinstance(t, dict) and isinstance(t.get("speaker"), str)
+            and isinstance(t.get("utterance"), str)):
+      raise DataError(f"{where}, turn {j}: each turn needs string 'speaker' (USER or SYSTEM) "
+                      f"and 'utterance'.")
+    try:
+      out.append((_speaker(t["speaker"]), t["utterance"].strip()))
+    except DataError as err:
+      raise DataError(f"{where}, turn {j}: {err}") from None
+  return out
 
 
 def read_sgd(path: str, max_context_turns: int = 0) -> list[Exchange]:
@@ -53,37 +88,51 @@ def read_sgd(path: str, max_context_turns: int = 0) -> list[Exchange]:
                             f"dstc8-schema-guided-dialogue repository and pass its dev/ folder.")
   out = []
   for f in files:
-    with open(f) as fh:
-      dialogues = json.load(fh)
-    if not isinstance(dialogues, list) or (dialogues and "turns" not in dialogues[0]):
-      raise ValueError(f"{f} is not SGD dialogues JSON (a list of objects with 'turns').")
-    for d in dialogues:
-      turns = [(_speaker(t["speaker"]), t["utterance"].strip()) for t in d["turns"]]
+    dialogues = _load_json(f)
+    if not isinstance(dialogues, list) or not all(isinstance(d, dict) for d in dialogues):
+      raise DataError(f"{f} is not SGD dialogues JSON (a list of objects with 'turns').")
+    for k, d in enumerate(dialogues):
+      turns = _sgd_turns(d, f"{f}: dialogue {k} ({d.get('dialogue_id', 'no id')})")
       for i, (spk, text) in enumerate(turns):
         if spk != "system" or i == 0:
           continue
         ctx = turns[:i][-max_context_turns:] if max_context_turns > 0 else turns[:i]
         out.append(Exchange(tuple(ctx), text, d.get("dialogue_id", "")))
+  if not out:
+    raise DataError(f"{path} holds no SYSTEM turn after another turn: no exchanges to learn from.")
   return out
 
 
+def _jsonl_exchange(line: str, where: str, n: int) -> Exchange:
+  """One JSONL line (already known non-blank); `where` is 'path:line'."""
+  try:
+    row = json.loads(line)
+  except json.JSONDecodeError as err:
+    raise DataError(f"{where} is not valid JSON ({err.msg}, column {err.colno}).") from None
+  if not isinstance(row, dict) or "context" not in row or "response" not in row:
+    raise DataError(f"{where}: each line needs a JSON object with 'context' and 'response' keys.")
+  ctx, response = row["context"], row["response"]
+  if not isinstance(response, str):
+    raise DataError(f"{where}: 'response' must be a string, got {type(response).__name__}.")
+  if isinstance(ctx, str):
+    turns = [("customer", ctx.strip())]
+  elif isinstance(ctx, list) and ctx and all(isinstance(t, str) for t in ctx):
+    k = len(ctx)  # alternate, ending with the customer
+    turns = [("customer" if (k - 1 - j) % 2 == 0 else "system", t.strip())
+             for j, t in enumerate(ctx)]
+  else:
+    raise DataError(f"{where}: 'context' must be a string or a non-empty list of strings, got "
+                    f"{json.dumps(ctx)[:60]}.")
+  return Exchange(tuple(turns), response.strip(), str(row.get("id", n)))
+
+
 def read_jsonl(path: str) -> list[Exchange]:
-  out = []
-  with open(path) as fh:
-    for n, line in enumerate(fh, 1):
-      if not line.strip():
-        continue
-      row = json.loads(line)
-      if "context" not in row or "response" not in row:
-        raise ValueError(f"{path}:{n}: each line needs 'context' and 'response' keys.")
-      ctx = row["context"]
-      if isinstance(ctx, str):
-        turns = [("customer", ctx.strip())]
-      else:  # alternate, ending with the customer
-        k = len(ctx)
-        turns = [("customer" if (k - 1 - j) % 2 == 0 else "system", t.strip())
-                 for j, t in enumerate(ctx)]
-      out.append(Exchange(tuple(turns), row["response"].strip(), str(row.get("id", n))))
+  """Exchanges from JSONL; errors name the file and line (blank lines counted)."""
+  out = [_jsonl_exchange(line, f"{path}:{n}", n)
+         for n, line in enumerate(text_lines(read_text(path)), 1) if line.strip()]
+  if not out:
+    raise DataError(f"{path} is empty: expected one JSON object per line, "
+                    '{"context": str | [str, ...], "response": str}.')
   return out
 
 

@@ -7,6 +7,11 @@ writes). `train_marian_tokenizer` trains a joint SentencePiece model and writes
 the files `MarianTokenizer.from_pretrained(dir)` expects (`source.spm`,
 `target.spm`, `vocab.json`, `tokenizer_config.json`), with Marian's id layout:
 `</s>`=0, `<unk>`=1, pieces, `<pad>`=last.
+
+Bad input is a `DataError` naming the file (and the line, counted from 1 with
+blank lines included): text that is not UTF-8, a TSV line without exactly one
+tab, aligned files of different lengths, and no pairs at all (an empty file or
+slice), which `load_pairs` refuses before anything is trained on it.
 """
 
 from __future__ import annotations
@@ -18,20 +23,27 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fsl_jax.data.sources import DataError, read_text, text_lines
+
 Pairs = list[tuple[str, str]]
 
 
 def read_lines(path: str) -> list[str]:
-  with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\n").rstrip("\r") for line in f]
+  """The lines of a UTF-8 text file; DataError naming the file (and line) otherwise."""
+  return text_lines(read_text(path))
 
 
 def load_aligned(src_path: str, tgt_path: str) -> Pairs:
   src, tgt = read_lines(src_path), read_lines(tgt_path)
   if len(src) != len(tgt):
-    raise ValueError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
-                     f"aligned files need one sentence per line on both sides.")
-  return [(s, t) for s, t in zip(src, tgt) if s.strip() and t.strip()]
+    raise DataError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+                    f"aligned files need one sentence per line on both sides.")
+  pairs = [(s, t) for s, t in zip(src, tgt) if s.strip() and t.strip()]
+  if not pairs:
+    raise DataError(f"{src_path} and {tgt_path} hold no sentence pairs ("
+                    + ("both are empty" if not src else "no line has text on both sides")
+                    + "): point at the aligned files of the data set.")
+  return pairs
 
 
 def load_tsv(path: str) -> Pairs:
@@ -41,9 +53,11 @@ def load_tsv(path: str) -> Pairs:
       continue
     parts = line.split("\t")
     if len(parts) != 2:
-      raise ValueError(f"{path}:{i + 1} has {len(parts)} tab-separated fields; expected "
-                       f"'source<TAB>target'.")
+      raise DataError(f"{path}:{i + 1} has {len(parts)} tab-separated fields; expected "
+                      f"'source<TAB>target'.")
     pairs.append((parts[0], parts[1]))
+  if not pairs:
+    raise DataError(f"{path} holds no 'source<TAB>target' lines (it has no text).")
   return pairs
 
 
@@ -51,22 +65,34 @@ def load_pairs(spec: str) -> Pairs:
   """`a.en,a.swa` (aligned files), `x.tsv`, or a prefix `dir/train` + `:en,swa`.
 
   A suffix `@start:stop` keeps that slice of the pairs (e.g. `...@0:1000`).
+  No pairs at all (empty files, an empty slice) is a DataError: it is raised
+  here, before any tokenizer is trained or model built on them.
   """
   if "@" in spec:
     spec, rng = spec.rsplit("@", 1)
-    lo, hi = rng.split(":")
-    return load_pairs(spec)[int(lo or 0):int(hi) if hi else None]
+    lo, colon, hi = rng.partition(":")
+    try:
+      start, stop = int(lo or 0), int(hi) if hi else None
+    except ValueError:
+      colon = ""
+    if not colon:
+      raise DataError(f"Bad slice @{rng} in {spec}@{rng}: expected @start:stop, e.g. @0:1000.")
+    pairs = load_pairs(spec)
+    kept = pairs[start:stop]
+    if not kept:
+      raise DataError(f"{spec}@{rng} selects no pairs: {spec} holds {len(pairs)} pairs.")
+    return kept
   if spec.endswith(".tsv"):
     return load_tsv(spec)
   if ":" in spec and "," in spec.split(":")[-1]:
     prefix, exts = spec.rsplit(":", 1)
-    a, b = exts.split(",")
+    a, b = exts.split(",", 1)
     return load_aligned(f"{prefix}.{a}", f"{prefix}.{b}")
   if "," in spec:
-    a, b = spec.split(",")
+    a, b = spec.split(",", 1)
     return load_aligned(a, b)
-  raise ValueError(f"Cannot read pairs from {spec!r}: pass 'src_file,tgt_file', "
-                   f"'prefix:en,swa' or a .tsv file.")
+  raise DataError(f"Cannot read pairs from {spec!r}: pass 'src_file,tgt_file', "
+                  f"'prefix:en,swa' or a .tsv file.")
 
 
 def write_tsv(path: str, pairs: Iterable[tuple[str, str]]) -> None:

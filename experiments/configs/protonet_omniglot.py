@@ -31,6 +31,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.rotations = True         # 90/180/270 rotations as extra training classes
   c.data.data_dir = ""            # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.download = False
+  # Your own images (name = image_folder | omniglot_folder; fsl_jax/data/folders.py):
+  # one folder (or .zip) per split, read for train_split / val_split / eval.split
+  # = train / val / test. image_folder names a class by its folder's path under
+  # the split's folder; omniglot_folder reads alphabet/characterNN/*.png.
+  c.data.train_dir = ""
+  c.data.val_dir = ""             # or --config.data.val_split='' for no validation
+  c.data.test_dir = ""
+  c.data.grayscale = False        # image_folder: 1 channel instead of RGB
+  c.data.skip_bad_images = False  # skip unreadable files (one warning each) instead of failing
 
   # Snell et al.: 60-way training episodes, 5 queries/class, shots matching test.
   c.train = ml_collections.ConfigDict()

@@ -53,13 +53,13 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from fsl_jax.models import gpt2  # pylint: disable=g-import-not-at-top
+  from fsl_jax.models import gpt2, gpt2_generate, gpt2_hf  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(FLAGS.seed)
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=FLAGS.layers)).eval()
   with tempfile.TemporaryDirectory() as d:
     model.save_pretrained(d)
-    config, params = gpt2.from_pretrained(d)
+    config, params = gpt2_hf.from_pretrained(d)
   eos = config.eos_token_id
   rng = np.random.default_rng(FLAGS.seed)
   result = {"benchmark": "gpt2", "model": f"gpt2 shape, {FLAGS.layers} layers, d768, vocab 50257, "
@@ -95,8 +95,8 @@ def main(argv):
     gen = {}
 
     def gen_ours():
-      gen["ours"] = np.asarray(gpt2.generate(config, params, prompt, None, FLAGS.new_tokens,
-                                             eos_id=eos))
+      gen["ours"] = np.asarray(gpt2_generate.generate(config, params, prompt, None,
+                                                      FLAGS.new_tokens, eos_id=eos))
 
     def gen_hf():
       with torch.inference_mode():

@@ -38,7 +38,7 @@ def main(argv):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from fsl_jax.models import marian, seq2seq  # pylint: disable=g-import-not-at-top
-  from fsl_jax.text import seq2seq_generate as sg  # pylint: disable=g-import-not-at-top
+  from fsl_jax.models import seq2seq_generate as sg  # pylint: disable=g-import-not-at-top
 
   v, pad, eos = FLAGS.vocab, FLAGS.vocab - 1, 0
   hf_cfg = transformers.MarianConfig(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fsl_jax.text import decoding
+from fsl_jax import decoding
 
 V = 6
 
@@ -129,3 +129,41 @@ def test_beam_search_reorders_state_with_beams():
   seq, sc = decoding.beam_search(step, state, first, 3, num_beams=V * V, length_penalty=0.0)
   assert tuple(np.asarray(seq[0])) == best
   np.testing.assert_allclose(float(sc[0]), score(best), rtol=1e-5)
+
+
+def test_processors_match_transformers_logits_processors():
+  """Bad tokens, min new tokens, forced BOS / EOS at every step, as a seq2seq decoder sees them."""
+  torch = pytest.importorskip("torch")
+  lp = pytest.importorskip("transformers.generation.logits_process")
+  n, eos, bos = 5, 1, 4
+  procs = decoding.Processors(bad_token_ids=(0, 3), min_new_tokens=2, forced_bos_token_id=bos,
+                              forced_eos_token_id=eos)
+  # transformers counts the decoder start token: cur_len = 1 + t, max_length = 1 + n.
+  ref = lp.LogitsProcessorList([
+      lp.NoBadWordsLogitsProcessor([[0], [3]], eos_token_id=eos),
+      lp.MinNewTokensLengthLogitsProcessor(1, 2, eos), lp.ForcedBOSTokenLogitsProcessor(bos),
+      lp.ForcedEOSTokenLogitsProcessor(1 + n, eos)])
+  scores = np.random.default_rng(0).normal(size=(2, V)).astype(np.float32)
+  for t in range(n):
+    ids = torch.zeros((2, 1 + t), dtype=torch.long)
+    want = ref(ids, torch.tensor(scores)).numpy()
+    got = np.asarray(jax.jit(procs, static_argnums=2)(jnp.asarray(scores), t, n, eos))
+    np.testing.assert_array_equal(got, want)
+  # A traced t (as inside the decoding loops) gives the same.
+  assert (np.asarray(procs(jnp.asarray(scores), jnp.int32(0), n, eos))[:, bos] == 0).all()
+
+
+def test_greedy_and_beam_apply_processors():
+  """The engine feeds processors the step count: EOS late enough, banned tokens never."""
+  table, step = _bigram()
+  state, first = _start(table, [0, 3])
+  free = np.asarray(decoding.greedy(step, state, first, 8, eos_id=-1, pad_id=9))
+  eos, banned = int(free[0, 1]), int(free[1, 0])
+  assert eos != banned and banned in free[0]  # row 0 would emit both
+  procs = decoding.Processors(bad_token_ids=(banned,), min_new_tokens=4)
+  out = np.asarray(decoding.greedy(step, state, first, 8, eos_id=eos, pad_id=9,
+                                   processors=procs))
+  assert banned not in out and eos not in out[:, :4]
+  seqs = np.asarray(decoding.beam_search(step, state, first, 8, eos_id=eos, pad_id=9, num_beams=3,
+                                         processors=procs)[0])
+  assert banned not in seqs and eos not in seqs[:, :4]

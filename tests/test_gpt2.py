@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from fsl_jax.models import gpt2  # pylint: disable=wrong-import-position
+from fsl_jax.models import gpt2, gpt2_generate, gpt2_hf  # pylint: disable=wrong-import-position
 
 PROMPT_LEN = 12
 
@@ -23,7 +23,7 @@ def ckpt(tmp_path_factory):
   model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2)).eval()
   path = tmp_path_factory.mktemp("gpt2") / "ckpt"
   model.save_pretrained(path)
-  config, params = gpt2.from_pretrained(str(path))
+  config, params = gpt2_hf.from_pretrained(str(path))
   return {"torch": model, "path": str(path), "config": config, "params": params}
 
 
@@ -41,6 +41,10 @@ def _hf_generate(model, ids, mask, **kw):
     out = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
                          pad_token_id=50256, **kw)
   return out.numpy()[:, ids.shape[1]:]
+
+
+def _ours(ckpt, ids, mask, **kw):
+  return np.asarray(gpt2_generate.generate(ckpt["config"], ckpt["params"], ids, mask, **kw))
 
 
 def test_checkpoint_layout(ckpt):
@@ -75,20 +79,18 @@ def test_long_sequence_parity_blocked_attention(ckpt):
 def test_greedy_20_tokens_match_transformers_generate(ckpt):
   ids, mask = _batch()
   ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=20, do_sample=False)
-  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=20))
+  ours = _ours(ckpt, ids, mask, max_new_tokens=20)
   assert ref.shape == (2, 20)
   np.testing.assert_array_equal(ours, ref)
 
 
 def test_eos_stops_and_pads_like_transformers(ckpt):
   ids, mask = _batch()
-  free = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
-                                  max_new_tokens=20, eos_id=None))
+  free = _ours(ckpt, ids, mask, max_new_tokens=20, eos_id=None)
   eos = int(free[0, 6])  # a token example 0 emits mid-way
   ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=20, do_sample=False,
                      eos_token_id=eos)
-  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
-                                  max_new_tokens=20, eos_id=eos, pad_id=50256))
+  ours = _ours(ckpt, ids, mask, max_new_tokens=20, eos_id=eos, pad_id=50256)
   first = list(ours[0]).index(eos)
   assert (ours[0, first + 1:] == 50256).all()
   np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
@@ -99,13 +101,11 @@ def test_eos_stops_and_pads_like_transformers(ckpt):
                                 dict(num_beams=2, length_penalty=0.5, early_stopping=True)])
 def test_beam_search_matches_transformers(ckpt, kw):
   ids, mask = _batch()
-  free = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask,
-                                  max_new_tokens=20, eos_id=None))
+  free = _ours(ckpt, ids, mask, max_new_tokens=20, eos_id=None)
   eos = int(free[1, 3])
   ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=10, do_sample=False,
                      eos_token_id=eos, **kw)
-  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=10,
-                                  method="beam", eos_id=eos, pad_id=50256, **kw))
+  ours = _ours(ckpt, ids, mask, max_new_tokens=10, method="beam", eos_id=eos, pad_id=50256, **kw)
   np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
 
 
@@ -113,12 +113,25 @@ def test_beam_search_num_return_sequences_matches_transformers(ckpt):
   ids, mask = _batch()
   ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=8, do_sample=False, num_beams=4,
                      num_return_sequences=3)
-  ours = np.asarray(gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, max_new_tokens=8,
-                                  method="beam", num_beams=4, num_return_sequences=3))
+  ours = _ours(ckpt, ids, mask, max_new_tokens=8, method="beam", num_beams=4,
+               num_return_sequences=3)
   assert ours.shape == (2, 3, 8)
   np.testing.assert_array_equal(ours.reshape(6, 8)[:, :ref.shape[1]], ref)
   with pytest.raises(ValueError, match="method='beam'"):
-    gpt2.generate(ckpt["config"], ckpt["params"], ids, mask, num_return_sequences=2)
+    gpt2_generate.generate(ckpt["config"], ckpt["params"], ids, mask, num_return_sequences=2)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_beams=3)])
+def test_min_new_tokens_and_bad_tokens_match_transformers(ckpt, kw):
+  ids, mask = _batch()
+  free = _ours(ckpt, ids, mask, max_new_tokens=12, eos_id=None)
+  eos, bad = int(free[0, 2]), int(free[1, 0])
+  ref = _hf_generate(ckpt["torch"], ids, mask, max_new_tokens=12, do_sample=False,
+                     eos_token_id=eos, min_new_tokens=5, bad_words_ids=[[bad]], **kw)
+  ours = _ours(ckpt, ids, mask, max_new_tokens=12, method="beam" if kw else "greedy", eos_id=eos,
+               pad_id=50256, min_new_tokens=5, bad_token_ids=(bad,), **kw)
+  assert bad not in ours and eos not in ours[:, :5]
+  np.testing.assert_array_equal(ours[:, :ref.shape[1]], ref)
 
 
 def _teacher_forced_argmax(config, params, ids, mask, new):
@@ -132,10 +145,10 @@ def _teacher_forced_argmax(config, params, ids, mask, new):
 def test_cached_equals_uncached(ckpt):
   config, params = ckpt["config"], ckpt["params"]
   ids, mask = _batch()
-  cached = np.asarray(gpt2.generate(config, params, ids, mask, max_new_tokens=20, eos_id=None))
+  cached = _ours(ckpt, ids, mask, max_new_tokens=20, eos_id=None)
   np.testing.assert_array_equal(_teacher_forced_argmax(config, params, ids, mask, cached), cached)
   # Cached prefill logits equal uncached logits of the same position.
-  last, _ = gpt2.prefill(config, params, jnp.asarray(ids), jnp.asarray(mask), 4)
+  last, _ = gpt2_generate.prefill(config, params, jnp.asarray(ids), jnp.asarray(mask), 4)
   full = gpt2.lm_logits(config, params, jnp.asarray(ids), jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(last), np.asarray(full[:, -1]), atol=1e-4)
 
@@ -143,7 +156,7 @@ def test_cached_equals_uncached(ckpt):
 def test_sampling_is_seeded_and_cold_sampling_is_greedy(ckpt):
   config, params = ckpt["config"], ckpt["params"]
   ids, mask = _batch()
-  sample = lambda t, p, s: np.asarray(gpt2.generate(
+  sample = lambda t, p, s: np.asarray(gpt2_generate.generate(
       config, params, ids, mask, max_new_tokens=20, method="sample", temperature=t, top_p=p,
       eos_id=None, rng=jax.random.key(s)))
   cold = sample(1e-4, 1.0, 3)
@@ -162,23 +175,23 @@ def test_sharded_safetensors_and_pytorch_bin(ckpt, tmp_path):
   ckpt["torch"].config.save_pretrained(binary)
   torch.save(ckpt["torch"].state_dict(), binary / "pytorch_model.bin")
   for path in (sharded, binary):
-    _, params = gpt2.from_pretrained(str(path))
+    _, params = gpt2_hf.from_pretrained(str(path))
     jax.tree.map(np.testing.assert_array_equal, params, ref)
 
 
 def test_mismatched_checkpoints_name_the_problem(ckpt, tmp_path):
   with pytest.raises(ValueError, match="n_layer=2 in checkpoint vs 24 expected"):
-    gpt2.from_pretrained(ckpt["path"], config=gpt2.Gpt2Config.medium())
+    gpt2_hf.from_pretrained(ckpt["path"], config=gpt2.Gpt2Config.medium())
   other = tmp_path / "bert"
   other.mkdir()
   (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
   with pytest.raises(ValueError, match="model_type='bert'"):
-    gpt2.from_pretrained(str(other))
+    gpt2_hf.from_pretrained(str(other))
   state = {k: v.numpy() for k, v in ckpt["torch"].state_dict().items()}
   with pytest.raises(ValueError, match="another size"):
-    gpt2.params_from_state_dict(state, gpt2.Gpt2Config.small(n_layer=2, n_embd=1024, n_head=16))
+    gpt2_hf.params_from_state_dict(state, gpt2.Gpt2Config.small(n_layer=2, n_embd=1024, n_head=16))
   with pytest.raises(FileNotFoundError, match="No checkpoint directory"):
-    gpt2.from_pretrained(str(tmp_path / "missing"))
+    gpt2_hf.from_pretrained(str(tmp_path / "missing"))
 
 
 def test_bf16_runs_close_to_fp32(ckpt):

@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 import jax  # pylint: disable=wrong-import-position
 
 from fsl_jax.models import marian, seq2seq  # pylint: disable=wrong-import-position
-from fsl_jax.text import seq2seq_generate as sg  # pylint: disable=wrong-import-position
+from fsl_jax.models import seq2seq_generate as sg  # pylint: disable=wrong-import-position
 
 V, PAD, EOS = 58101, 58100, 0
 

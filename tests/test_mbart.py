@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 import jax  # pylint: disable=wrong-import-position
 
 from fsl_jax.models import mbart, seq2seq  # pylint: disable=wrong-import-position
-from fsl_jax.text import seq2seq_generate as sg  # pylint: disable=wrong-import-position
+from fsl_jax.models import seq2seq_generate as sg  # pylint: disable=wrong-import-position
 
 V, BOS, PAD, EOS = 16000, 0, 1, 2
 SW_LANG = V - 3  # stands in for a language-id token such as sw_KE

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from fsl_jax.models import gpt2
+from fsl_jax.models import gpt2, gpt2_generate
 from fsl_jax.peft import prefix, prompt, vocab
 from fsl_jax.text import lm_tuning
 
@@ -128,7 +128,7 @@ def test_lora_merges_q_and_v_slices_only(base):
   # Merged weights run as a plain GPT-2 for inference.
   ids, mask = _prompts()
   np.testing.assert_array_equal(
-      np.asarray(gpt2.generate(cfg, merged, ids, mask, 6, eos_id=None)),
+      np.asarray(gpt2_generate.generate(cfg, merged, ids, mask, 6, eos_id=None)),
       np.asarray(lm_tuning.generate(cfg, params, tuned, spec, ids, mask, 6, eos_id=None)))
 
 

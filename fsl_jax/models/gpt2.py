@@ -1,33 +1,31 @@
-"""GPT-2 in Flax (linen), loading Hugging Face checkpoints, with a KV cache.
+"""GPT-2 in Flax (linen) with a KV cache; the LM loss.
 
 Params are a plain dict whose paths mirror the Hugging Face names, e.g.
 'h_0/attn/c_attn/kernel' (GPT-2's `Conv1D` is stored [in, out], exactly a
 Dense kernel), 'wte/embedding', 'ln_f/scale'. The LM head is tied to `wte`.
+Checkpoints load in `gpt2_hf`, generation is `gpt2_generate`:
 
-    config, params = gpt2.from_pretrained("/path/to/save_pretrained_dir")
-    model = gpt2.Gpt2(config)
-    logits_BxTxV, _ = model.apply({"params": params}, ids_BxT)
-    out_BxN = gpt2.generate(config, params, ids_BxT, mask_BxT, max_new_tokens=20)
+    config, params = gpt2_hf.from_pretrained("/path/to/save_pretrained_dir")
+    logits_BxTxV, _ = gpt2.Gpt2(config).apply({"params": params}, ids_BxT)
+    out_BxN = gpt2_generate.generate(config, params, ids_BxT, mask_BxT, max_new_tokens=20)
 
 Cache: `init_cache(config, B, S)` -> {"layers": [{"k","v": BxSxHxK}], "mask": BxS,
 "index": int32 scalar, "next_pos": B}. Every leaf but `index` is batch-leading,
-so beam search can reorder it with one gather (see fsl_jax.text.decoding).
+so beam search can reorder it with one gather (see fsl_jax.decoding).
 Prefix tuning and soft prompts enter through `prefix_kv` / `inputs_embeds`
-and work with and without the cache (`generate(..., soft_prompt=, prefix_kv=)`).
+and work with and without the cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from fsl_jax.models import hf_loading
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -97,30 +95,6 @@ class Gpt2Config:
     if key not in table:
       raise ValueError(f"Unknown GPT-2 preset {name!r}; choose one of {sorted(table)}.")
     return table[key](**kw)
-
-  @classmethod
-  def from_hf(cls, hf: dict, **kw) -> "Gpt2Config":
-    """From a Hugging Face config.json dict; refuses other architectures."""
-    model_type = hf.get("model_type")
-    if model_type != "gpt2":
-      raise ValueError(f"Checkpoint config has model_type={model_type!r}; this loader "
-                       f"reads GPT-2 only (model_type='gpt2'). Use the port for "
-                       f"{model_type!r} instead.")
-    for flag, ok in (("scale_attn_by_inverse_layer_idx", False),
-                     ("reorder_and_upcast_attn", False), ("add_cross_attention", False),
-                     ("scale_attn_weights", True), ("tie_word_embeddings", True)):
-      if hf.get(flag, ok) != ok:
-        raise ValueError(f"GPT-2 checkpoint sets {flag}={hf[flag]!r}; only {ok!r} is supported.")
-    eos = hf.get("eos_token_id", 50256)
-    eos = eos[0] if isinstance(eos, list) else eos
-    return cls(**{
-        "vocab_size": hf["vocab_size"], "n_positions": hf.get("n_positions", 1024),
-        "n_embd": hf["n_embd"], "n_layer": hf["n_layer"], "n_head": hf["n_head"],
-        "n_inner": hf.get("n_inner"), "activation": hf.get("activation_function", "gelu_new"),
-        "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5),
-        "dropout": hf.get("resid_pdrop", 0.1),
-        "eos_token_id": 50256 if eos is None else int(eos),
-        "name": hf.get("_name_or_path") or "gpt2", **kw})
 
 
 _ACTS = {"gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -247,8 +221,7 @@ class Gpt2(nn.Module):
     return self.wte(ids_BxT)
 
   def __call__(self, input_ids_BxT=None, *, inputs_embeds_BxTxD=None, positions_BxT=None,
-               attention_mask_BxT=None, cache=None, prefix_kv=None, deterministic=True,
-               return_hidden=False):
+               attention_mask_BxT=None, cache=None, prefix_kv=None, deterministic=True):
     """One forward pass.
 
     input_ids_BxT or inputs_embeds_BxTxD: the new tokens.
@@ -299,15 +272,12 @@ class Gpt2(nn.Module):
     if cache is not None:
       new_cache = {"layers": new_layers, "mask": slots_mask_BxS, "index": index + t,
                    "next_pos": jnp.max(positions_BxT, axis=-1) + 1}
-    if return_hidden:
-      return logits_BxTxV, new_cache, x_BxTxD
     return logits_BxTxV, new_cache
 
 
-def init_cache(config: Gpt2Config, batch: int, max_len: int, prefix_kv=None,
-               dtype=None) -> dict:
+def init_cache(config: Gpt2Config, batch: int, max_len: int, prefix_kv=None) -> dict:
   """An empty cache of `max_len` slots; a prefix (P slots) is written first."""
-  dtype = dtype or config.jnp_dtype
+  dtype = config.jnp_dtype
   shape = (batch, max_len, config.n_head, config.head_dim)
   layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(config.n_layer)]
@@ -333,85 +303,6 @@ def init_params(config: Gpt2Config, key: jax.Array) -> dict:
   return jax.jit(Gpt2(config).init)(key, ids)["params"]
 
 
-# ---------------------------------------------------------------- HF loading
-
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".crossattention.bias")
-
-
-def params_from_state_dict(state: dict[str, np.ndarray], config: Gpt2Config,
-                           dtype=jnp.float32) -> dict:
-  """Maps HF GPT-2 tensor names to our params; checks every shape."""
-  state = hf_loading.strip_prefix(state, ["transformer."])
-  state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
-  lm_head = state.pop("lm_head.weight", None)
-  if not any(k.startswith("h.0.") for k in state):
-    raise ValueError(f"Not a GPT-2 checkpoint: no 'h.0.*' tensors (found e.g. "
-                     f"{sorted(state)[:5]}).")
-  used = set()
-
-  def take(name, shape):
-    if name not in state:
-      raise ValueError(f"GPT-2 checkpoint lacks {name!r}; is it a GPT-2 model with "
-                       f"n_layer={config.n_layer}?")
-    arr = state[name]
-    if tuple(arr.shape) != tuple(shape):
-      raise ValueError(f"{name} has shape {tuple(arr.shape)} but {config.name} "
-                       f"(n_embd={config.n_embd}, n_layer={config.n_layer}, vocab="
-                       f"{config.vocab_size}) expects {tuple(shape)}: the checkpoint is of "
-                       f"another size; pass its own config.")
-    used.add(name)
-    return jnp.asarray(arr, dtype)
-
-  d, f = config.n_embd, config.inner
-  ln = lambda n: {"scale": take(f"{n}.weight", (d,)), "bias": take(f"{n}.bias", (d,))}
-  # Conv1D weights are [in, out]: the Dense layout, no transpose.
-  lin = lambda n, i, o: {"kernel": take(f"{n}.weight", (i, o)), "bias": take(f"{n}.bias", (o,))}
-  params = {"wte": {"embedding": take("wte.weight", (config.vocab_size, d))},
-            "wpe": {"embedding": take("wpe.weight", (config.n_positions, d))},
-            "ln_f": ln("ln_f")}
-  for i in range(config.n_layer):
-    p = f"h.{i}"
-    params[f"h_{i}"] = {
-        "ln_1": ln(f"{p}.ln_1"), "ln_2": ln(f"{p}.ln_2"),
-        "attn": {"c_attn": lin(f"{p}.attn.c_attn", d, 3 * d),
-                 "c_proj": lin(f"{p}.attn.c_proj", d, d)},
-        "mlp": {"c_fc": lin(f"{p}.mlp.c_fc", d, f), "c_proj": lin(f"{p}.mlp.c_proj", f, d)}}
-  extra = sorted(set(state) - used)
-  if extra:
-    raise ValueError(f"GPT-2 checkpoint has tensors this config does not use: {extra[:6]}"
-                     f"{' ...' if len(extra) > 6 else ''} (more layers than n_layer="
-                     f"{config.n_layer}?).")
-  if lm_head is not None and not np.array_equal(lm_head, state["wte.weight"]):
-    raise ValueError("lm_head.weight differs from wte.weight; GPT-2 ties them and this "
-                     "port supports tied heads only.")
-  return params
-
-
-def from_pretrained(path_or_id: str, config: Gpt2Config | None = None,
-                    dtype: str = "float32", param_dtype=jnp.float32
-                    ) -> tuple[Gpt2Config, dict]:
-  """(config, params) from a save_pretrained directory or a hub id (online).
-
-  When `config` is given (e.g. `Gpt2Config.medium()`), the checkpoint must
-  match it; otherwise the checkpoint's own config.json is used.
-  """
-  directory = hf_loading.resolve(path_or_id)
-  ckpt_config = Gpt2Config.from_hf(hf_loading.load_config(directory), dtype=dtype)
-  if config is not None:
-    fields = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "inner")
-    diff = {f: (getattr(ckpt_config, f), getattr(config, f)) for f in fields
-            if getattr(ckpt_config, f) != getattr(config, f)}
-    if diff:
-      raise ValueError(f"Checkpoint {path_or_id!r} does not match config {config.name!r}: "
-                       + ", ".join(f"{k}={a} in checkpoint vs {b} expected"
-                                   for k, (a, b) in diff.items()))
-    ckpt_config = config.replace(dtype=dtype)
-  state = hf_loading.load_state_dict(directory)
-  return ckpt_config, params_from_state_dict(state, ckpt_config, param_dtype)
-
-
-# ---------------------------------------------------------------- generation
-
 @functools.partial(jax.jit, static_argnames=("config",))
 def lm_logits(config: Gpt2Config, params, ids_BxT, mask_BxT=None, positions_BxT=None,
               prefix_kv=None, inputs_embeds_BxTxD=None):
@@ -421,97 +312,6 @@ def lm_logits(config: Gpt2Config, params, ids_BxT, mask_BxT=None, positions_BxT=
   return Gpt2(config).apply({"params": params}, ids_BxT, attention_mask_BxT=mask_BxT,
                             positions_BxT=positions_BxT, prefix_kv=prefix_kv,
                             inputs_embeds_BxTxD=inputs_embeds_BxTxD)[0]
-
-
-def prefill(config: Gpt2Config, params, ids_BxT, mask_BxT, max_new_tokens: int,
-            soft_prompt_PxD=None, prefix_kv=None):
-  """Runs the prompt (after optional soft prompt) into a fresh cache.
-
-  Returns (last logits BxV, cache). The cache has room for the prompt, the
-  soft prompt or prefix and `max_new_tokens`.
-  """
-  model = Gpt2(config)
-  b, t = ids_BxT.shape
-  mask_BxT = jnp.ones((b, t), jnp.bool_) if mask_BxT is None else mask_BxT.astype(jnp.bool_)
-  embeds_BxTxD = model.apply({"params": params}, ids_BxT, method=Gpt2.embed)
-  if soft_prompt_PxD is not None:
-    p = soft_prompt_PxD.shape[0]
-    prompt_BxPxD = jnp.broadcast_to(soft_prompt_PxD.astype(embeds_BxTxD.dtype),
-                                    (b, p, embeds_BxTxD.shape[-1]))
-    embeds_BxTxD = jnp.concatenate([prompt_BxPxD, embeds_BxTxD], axis=1)
-    mask_BxT = jnp.concatenate([jnp.ones((b, p), jnp.bool_), mask_BxT], axis=1)
-  n_prefix = 0 if prefix_kv is None else prefix_kv[0]["k"].shape[-3]
-  slots = n_prefix + embeds_BxTxD.shape[1] + max_new_tokens
-  cache = init_cache(config, b, slots, prefix_kv=prefix_kv)
-  logits_BxTxV, cache = model.apply({"params": params}, inputs_embeds_BxTxD=embeds_BxTxD,
-                                    attention_mask_BxT=mask_BxT, cache=cache)
-  return logits_BxTxV[:, -1], cache
-
-
-def step_fn(config: Gpt2Config, params):
-  """The decoding step: (tokens_B, cache) -> (logits_BxV, cache)."""
-  model = Gpt2(config)
-
-  def step(tokens_B, cache):
-    logits_Bx1xV, cache = model.apply({"params": params}, tokens_B[:, None], cache=cache)
-    return logits_Bx1xV[:, 0], cache
-  return step
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "config", "max_new_tokens", "method", "top_k", "num_beams", "early_stopping",
-    "num_return_sequences"))
-def _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv, *,
-              max_new_tokens, method, eos_id, pad_id, temperature, top_k, top_p,
-              num_beams, length_penalty, early_stopping, num_return_sequences):
-  from fsl_jax.text import decoding  # pylint: disable=import-outside-toplevel
-  logits_BxV, cache = prefill(config, params, ids_BxT, mask_BxT, max_new_tokens,
-                              soft_prompt_PxD, prefix_kv)
-  step = step_fn(config, params)
-  if method == "greedy":
-    return decoding.greedy(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id)
-  if method == "sample":
-    return decoding.sample(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id, rng,
-                           temperature=temperature, top_k=top_k, top_p=top_p)
-  if method == "beam":
-    return decoding.beam_search(step, cache, logits_BxV, max_new_tokens, eos_id, pad_id,
-                                num_beams=num_beams, length_penalty=length_penalty,
-                                early_stopping=early_stopping,
-                                num_return_sequences=num_return_sequences)[0]
-  raise ValueError(f"Unknown decoding method {method!r}; use greedy, sample or beam.")
-
-
-def generate(config: Gpt2Config, params, ids_BxT, mask_BxT=None, max_new_tokens: int = 20,
-             method: str = "greedy", *, eos_id: int | None = -1, pad_id: int | None = None,
-             rng=None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             num_beams: int = 4, length_penalty: float = 1.0, early_stopping=False,
-             num_return_sequences: int = 1, soft_prompt_PxD=None, prefix_kv=None) -> jax.Array:
-  """New tokens BxN (N = max_new_tokens), `pad_id` after EOS; jitted, KV-cached.
-
-  Prompts are left-padded (mask 0 on the left). eos_id=-1 means the config's
-  EOS; None never stops. pad_id defaults to the EOS id (as transformers).
-  method='beam' with num_return_sequences R > 1 gives BxRxN, best first.
-  """
-  if num_return_sequences != 1 and method != "beam":
-    raise ValueError(f"num_return_sequences={num_return_sequences} needs method='beam' "
-                     f"(got {method!r}); for several samples, call with different rng keys.")
-  eos_id = config.eos_token_id if eos_id == -1 else eos_id
-  pad_id = (eos_id if eos_id is not None else 0) if pad_id is None else pad_id
-  ids_BxT = jnp.asarray(ids_BxT, jnp.int32)
-  extra = 0 if soft_prompt_PxD is None else soft_prompt_PxD.shape[0]
-  if ids_BxT.shape[1] + extra + max_new_tokens > config.n_positions:
-    raise ValueError(f"Prompt ({ids_BxT.shape[1]} tokens + {extra} soft) + max_new_tokens "
-                     f"({max_new_tokens}) exceeds the {config.n_positions} positions of "
-                     f"{config.name}; shorten the prompt or max_new_tokens.")
-  mask_BxT = jnp.ones_like(ids_BxT, jnp.bool_) if mask_BxT is None else jnp.asarray(mask_BxT, bool)
-  rng = jax.random.key(0) if rng is None else rng
-  return _generate(config, params, ids_BxT, mask_BxT, rng, soft_prompt_PxD, prefix_kv,
-                   max_new_tokens=int(max_new_tokens), method=method,
-                   eos_id=jnp.int32(-1 if eos_id is None else eos_id), pad_id=jnp.int32(pad_id),
-                   temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                   num_beams=int(num_beams), length_penalty=float(length_penalty),
-                   early_stopping=early_stopping,
-                   num_return_sequences=int(num_return_sequences))
 
 
 def lm_loss(logits_BxTxV, targets_BxT, weights_BxT):

@@ -8,7 +8,7 @@ reads, in this order of preference,
   - `pytorch_model.bin` (needs torch; loaded with `weights_only=True`),
   - sharded `pytorch_model.bin.index.json`,
 and returns `{name: np.ndarray}` with PyTorch names, untransposed. Ports map
-names and layouts themselves (see `fsl_jax.models.gpt2.params_from_state_dict`).
+names and layouts themselves (see `fsl_jax.models.gpt2_hf.params_from_state_dict`).
 """
 
 from __future__ import annotations

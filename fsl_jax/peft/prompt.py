@@ -7,7 +7,7 @@ The prompt is one [P, D] array; the model and its embedding stay frozen.
 
 Position ids then come from the extended mask (the prompt takes positions
 0..P-1 and shifts the text), and at generation the prompt is run through the
-KV cache as part of the prefill (`gpt2.generate(..., soft_prompt_PxD=)`).
+KV cache as part of the prefill (`gpt2_generate.generate(..., soft_prompt_PxD=)`).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Text generation and data: decoding, dialogue readers, LM tuning."""
+"""Text scenarios: dialogue readers, translation data, LM and MT tuning."""

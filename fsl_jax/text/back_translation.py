@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from fsl_jax.models import hf_loading
+from fsl_jax.models import seq2seq_generate as sg
 from fsl_jax.text import mt_tuning
-from fsl_jax.text import seq2seq_generate as sg
 from fsl_jax.text import translation_data as td
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fsl_jax.models import gpt2
+from fsl_jax.models import gpt2, gpt2_generate, gpt2_hf
 from fsl_jax.peft import io as peft_io
 from fsl_jax.peft import lora, prefix, prompt, vocab
 
@@ -134,8 +134,8 @@ def eval_loss(config, base, tuned, spec, batch) -> float:
 def generate(config, base, tuned, spec, ids_BxT, mask_BxT, max_new_tokens: int, **kw):
   """Cached decoding with the tuned weights (LoRA merged once, outside the loop)."""
   params, soft, pkv = assemble(config, base, tuned, spec)
-  return gpt2.generate(config, params, ids_BxT, mask_BxT, max_new_tokens,
-                       soft_prompt_PxD=soft, prefix_kv=pkv, **kw)
+  return gpt2_generate.generate(config, params, ids_BxT, mask_BxT, max_new_tokens,
+                                soft_prompt_PxD=soft, prefix_kv=pkv, **kw)
 
 
 def export(tuned: dict) -> dict:
@@ -198,7 +198,7 @@ def load_base(model: str, seed: int = 0, tokenizer=None) -> tuple[gpt2.Gpt2Confi
       config = config.replace(vocab_size=len(tokenizer),
                               eos_token_id=int(tokenizer.eos_token_id))
     return config, gpt2.init_params(config, jax.random.key(seed)), model
-  config, params = gpt2.from_pretrained(model)
+  config, params = gpt2_hf.from_pretrained(model)
   return config, params, model
 
 

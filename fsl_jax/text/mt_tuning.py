@@ -30,8 +30,8 @@ import numpy as np
 import optax
 
 from fsl_jax.models import hf_loading, marian, mbart, seq2seq, seq2seq_hf
+from fsl_jax.models import seq2seq_generate as sg
 from fsl_jax.peft import adapters, freeze
-from fsl_jax.text import seq2seq_generate as sg
 from fsl_jax.text import translation_data as td
 from fsl_jax.train.checkpoint import Checkpointer
 

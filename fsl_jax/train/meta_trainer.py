@@ -87,30 +87,31 @@ class MetaTraining:
           f"learner_kwargs.num_classes={want}, but {config.data.name}/{config.data.train_split} "
           f"has {have} classes{' with rotations' if rotations else ''}; set "
           f"--config.learner_kwargs.num_classes={have}.")
+    # Every split loads and is checked against its episodes (a bad file, a
+    # missing folder, too few classes are reported) before training starts.
+    batching = tcfg.get("task_batching", "auto")
+    seed = int(config.eval.seed)
+    if self.harness.loop.val_every and config.data.get("val_split"):
+      self.val_evaluator = evaluation.Evaluator(
+          learner, data_registry.load_split(config.data, config.data.val_split), self.eval_spec,
+          self.val_episodes, seed, split=config.data.val_split, batching=batching)
+    test_evaluator = evaluation.Evaluator(
+        learner, data_registry.load_split(config.data, config.eval.split), self.eval_spec,
+        self.eval_episodes, seed, split=config.eval.split, batching=batching)
     state = builders.init_state(learner, self.tx, train_src.image_shape, self.train_spec,
                                 int(config.seed))
-    batching = tcfg.get("task_batching", "auto")
     step = meta_step.make_train_step(learner, self.tx, sampler, int(tcfg.meta_batch), self.mesh,
                                      batching, int(tcfg.get("task_chunk", 0)))
     validate = None
-    if config.data.get("val_split"):
+    if self.val_evaluator is not None:
       def validate(state):
-        if self.val_evaluator is None:
-          val_src = data_registry.load_split(config.data, config.data.val_split)
-          self.val_evaluator = evaluation.Evaluator(
-              learner, val_src, self.eval_spec, self.val_episodes, int(config.eval.seed),
-              split=config.data.val_split, batching=batching)
         res = self.val_evaluator(builders.variables(state))
         return {"val_accuracy": res["accuracy"], "val_ci95": res["ci95"]}
 
     state = self.harness.train(state, step, inputs=(sampler.images, sampler.counts),
                                validate=validate, state_sharding=replicated,
                                items_per_step=int(tcfg.meta_batch), items="episodes")
-    test_src = data_registry.load_split(config.data, config.eval.split)
-    result = evaluation.evaluate(learner, builders.variables(state), test_src, self.eval_spec,
-                                 self.eval_episodes, int(config.eval.seed),
-                                 split=config.eval.split, batching=batching)
-    return self.harness.finish(result)
+    return self.harness.finish(test_evaluator(builders.variables(state)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

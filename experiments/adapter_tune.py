@@ -3,7 +3,7 @@ r"""Translation tuning: a base from scratch, or adapters / LoRA / full tuning of
     python -m experiments.adapter_tune --config=experiments/configs/adapter_mt_en_sw.py \
         --workdir=DIR [--config.model=DIR_OR_HUB_ID] [--config.method=pfeiffer|houlsby|lora|full]
 
-Reads aligned text files or TSV, trains (rerunning resumes from DIR/ckpt),
+Reads aligned text files or TSV, trains (rerunning resumes from DIR/checkpoints),
 translates the test set with beam search and prints one JSON line
 {"method", "bleu", "chrf", "trainable_params", "train_pairs", ...}.
 """
@@ -24,8 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   common.setup()
-  from fsl_jax.text import mt_tuning  # pylint: disable=g-import-not-at-top
-  result = mt_tuning.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from fsl_jax.proj.translation import trainer  # pylint: disable=g-import-not-at-top
+  result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(json.dumps(result), flush=True)
 
 

@@ -26,10 +26,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   common.setup()
-  from fsl_jax.text import lm_tuning  # pylint: disable=g-import-not-at-top
-  result = lm_tuning.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from fsl_jax.proj.dialogue import trainer  # pylint: disable=g-import-not-at-top
+  result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
-  app.run(common.friendly(main))
+  app.run(common.friendly(main), flags_parser=common.parse_flags)

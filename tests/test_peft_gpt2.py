@@ -52,15 +52,14 @@ def _train(base, name, steps):
                                      n_new_tokens=N_NEW, **METHODS[name])
   cfg = config.replace(vocab_size=V + N_NEW)
   tx = optax.adam(1e-2)
-  step = lm_tuning.make_train_step(cfg, spec, tx, dropout=False)
-  opt_state = tx.init(tuned)
-  start = tuned
+  step = jax.jit(lm_tuning.make_train_step(cfg, spec, tx))
+  state = {"tuned": tuned, "opt_state": tx.init(tuned), "step": 0}
   batch = _batch()
   losses = []
-  for i in range(steps):
-    tuned, opt_state, loss = step(tuned, opt_state, params, batch, jax.random.key(i))
-    losses.append(float(loss))
-  return cfg, spec, start, tuned, losses
+  for _ in range(steps):
+    state, metrics = step(state, batch, params)
+    losses.append(float(metrics["loss"]))
+  return cfg, spec, tuned, state["tuned"], losses
 
 
 @pytest.fixture(scope="module", params=list(METHODS))

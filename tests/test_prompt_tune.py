@@ -48,10 +48,10 @@ def _tiny_data(tmp_path):
 
 def _run_in_process(workdir, **overrides):
   from experiments.configs import prompt_tune_dialogue  # pylint: disable=import-outside-toplevel
-  from fsl_jax.text import lm_tuning  # pylint: disable=import-outside-toplevel
+  from fsl_jax.proj.dialogue import trainer  # pylint: disable=import-outside-toplevel
   config = prompt_tune_dialogue.get_config("runlocal")
   config.update(overrides)
-  return lm_tuning.train_and_evaluate(config, str(workdir))
+  return trainer.train_and_evaluate(config, str(workdir))
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):

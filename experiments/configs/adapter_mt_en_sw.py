@@ -49,14 +49,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.steps = 1000
   c.batch_size = 32
-  c.lr = 1e-3
-  c.warmup_steps = 100
-  c.weight_decay = 0.0
+  c.optimizer = ml_collections.ConfigDict()  # fsl_jax.train.optim
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.b2 = 0.98
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.schedule = "cosine"  # linear warm-up, cosine decay to end_fraction x the rate
+  c.optimizer.warmup_steps = 100
+  c.optimizer.end_fraction = 0.1
+  c.optimizer.grad_clip = 1.0
   c.label_smoothing = 0.1
   c.dropout = 0.1                         # full training only
   c.max_len = 128
   c.log_every = 50
   c.checkpoint_every = 200
+  c.keep_checkpoints = 1
 
   c.num_beams = 4
   c.length_penalty = 1.0
@@ -79,9 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = "scratch"
     c.method = "full"
     c.scratch.update(vocab_size=200, d_model=32, layers=1, heads=2, ffn_dim=64, max_positions=64)
-    c.steps, c.batch_size, c.warmup_steps, c.log_every, c.checkpoint_every = 6, 4, 2, 2, 3
+    c.steps, c.batch_size, c.log_every, c.checkpoint_every = 6, 4, 2, 3
     c.max_len, c.max_new_tokens, c.num_beams, c.eval_batch_size = 32, 8, 2, 4
-    c.lr = 3e-3
+    c.optimizer.warmup_steps, c.optimizer.learning_rate = 2, 3e-3
     return c
   if arg in ("base_cpu", "reverse_cpu"):
     c.model, c.method, c.eval_base = "scratch", "full", False
@@ -93,7 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.max_test_pairs = 200
     # Sized for ~10 minutes on a shared 2-core CPU (d256 x 3 layers ran at >2 s/step there).
     c.scratch.update(vocab_size=4000, d_model=128, layers=2, heads=4, ffn_dim=512)
-    c.steps, c.batch_size, c.lr, c.warmup_steps = 800, 24, 1e-3, 100
+    c.steps, c.batch_size = 800, 24
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-3, 100
     c.max_len, c.max_new_tokens, c.eval_batch_size = 48, 64, 64
     return c
   raise ValueError(f"Unknown variant {arg!r}: use runlocal, base_cpu, reverse_cpu or ntrex.")

@@ -37,10 +37,16 @@ def get_config(arg=None):
 
   c.num_steps = 600
   c.batch_size = 8
-  c.learning_rate = 0.0  # 0: the method's default (prompt 3e-2, prefix 5e-3, lora 2e-3)
   c.dropout = 0.1
+  c.optimizer = ml_collections.ConfigDict()  # fsl_jax.train.optim
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 0.0  # 0: the method's default (prompt 3e-2, prefix 5e-3, lora 2e-3)
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 30  # linear warm-up from 0
+  c.optimizer.weight_decay = 0.0
   c.log_every = 50
   c.checkpoint_every = 100
+  c.keep_checkpoints = 2
 
   if arg == "runlocal":
     c.model = "random:gpt2-tiny"
@@ -49,6 +55,7 @@ def get_config(arg=None):
     c.max_len, c.prompt_len, c.max_new_tokens = 64, 48, 12
     c.n_prompt, c.prefix_len, c.prefix_hidden = 8, 4, 32
     c.num_steps, c.batch_size, c.checkpoint_every, c.log_every = 6, 4, 3, 2
+    c.optimizer.warmup_steps = 1
     c.eval_batch_size = 8
     c.dropout = 0.0
   elif arg:

@@ -12,7 +12,6 @@ bit-identical (tests check it). `assemble` builds the inference view.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from typing import Any
 
@@ -109,19 +108,24 @@ tuned_logits_jit = jax.jit(tuned_logits, static_argnums=(0, 3))
 
 
 def make_train_step(config: gpt2.Gpt2Config, spec: TuneSpec, tx: optax.GradientTransformation,
-                    dropout: bool = True):
-  """A jitted (tuned, opt_state, base, batch, rng) -> (tuned, opt_state, loss)."""
+                    dropout_key: jax.Array | None = None):
+  """A pure `step(state, batch, base) -> (state, {"loss"})` for `fsl_jax.train.loop`.
+
+  state = {"tuned", "opt_state", "step"}; `base` (the frozen GPT-2 params) is
+  an input of every step, never updated. With `dropout_key`, step s drops out
+  with fold_in(dropout_key, s).
+  """
 
   def loss_fn(tuned, base, batch, rng):
-    logits = tuned_logits(config, base, tuned, spec, batch["inputs"], batch["mask"],
-                          rng if dropout else None)
+    logits = tuned_logits(config, base, tuned, spec, batch["inputs"], batch["mask"], rng)
     return gpt2.lm_loss(logits, batch["targets"], batch["weights"])
 
-  @jax.jit
-  def step(tuned, opt_state, base, batch, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(tuned, base, batch, rng)
-    updates, opt_state = tx.update(grads, opt_state, tuned)
-    return optax.apply_updates(tuned, updates), opt_state, loss
+  def step(state, batch, base):
+    rng = None if dropout_key is None else jax.random.fold_in(dropout_key, state["step"])
+    loss, grads = jax.value_and_grad(loss_fn)(state["tuned"], base, batch, rng)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["tuned"])
+    return {**state, "tuned": optax.apply_updates(state["tuned"], updates),
+            "opt_state": opt_state}, {"loss": loss}
 
   return step
 
@@ -213,131 +217,6 @@ def load_tokenizer(name: str):
         f"or a hub id when online.") from e
 
 
-def _default_lr(method: str) -> float:
+def default_lr(method: str) -> float:
+  """Learning rates that trained each method well on the dialogue task (docs/gpt2.md)."""
   return {"prompt": 0.03, "prefix": 5e-3, "lora": 2e-3}[method]
-
-
-@functools.lru_cache(maxsize=8)
-def _optimizer_and_step(cfg, spec, lr, warmup, train_new_rows, dropout, keys):
-  """One compiled step per (model, method, optimizer) in a process (reruns reuse it)."""
-  tx = optax.adamw(optax.warmup_constant_schedule(0.0, lr, warmup), weight_decay=0.0)
-  if not train_new_rows:
-    labels = {k: "f" if k == "new_rows" else "t" for k in keys}
-    tx = optax.multi_transform({"t": tx, "f": optax.set_to_zero()},
-                               lambda tuned: {k: jax.tree.map(lambda _: labels[k], v)
-                                              for k, v in tuned.items()})
-  return tx, make_train_step(cfg, spec, tx, dropout=dropout)
-
-
-def _decode(tokenizer, out_BxN: np.ndarray, eos_id: int) -> list[str]:
-  texts = []
-  for row in out_BxN:
-    row = list(row)
-    if eos_id in row:
-      row = row[:row.index(eos_id)]
-    texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
-  return texts
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Tunes, checkpoints (resumable), generates for held-out contexts, scores BLEU."""
-  import os  # pylint: disable=import-outside-toplevel
-  import sacrebleu  # pylint: disable=import-outside-toplevel
-  from absl import logging  # pylint: disable=import-outside-toplevel
-  from fsl_jax.text import dialogue  # pylint: disable=import-outside-toplevel
-  from fsl_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
-
-  os.makedirs(workdir, exist_ok=True)
-  tok_name = config.tokenizer or (config.model if not config.model.startswith("random:")
-                                  else "gpt2")
-  tokenizer = load_tokenizer(tok_name)
-  base_config, base, base_name = load_base(config.model, config.seed, tokenizer)
-  eos_id = base_config.eos_token_id
-  special = vocab.add_special_tokens(tokenizer, dialogue.SPECIAL_TOKENS)
-  n_new = max(0, len(tokenizer) - base_config.vocab_size)
-  if max(special) >= base_config.vocab_size + n_new:
-    raise ValueError(f"Special token ids {special} exceed the resized vocabulary.")
-  cfg = base_config.replace(vocab_size=base_config.vocab_size + n_new,
-                            dropout=float(config.dropout))
-
-  exchanges = dialogue.read(config.data, config.max_context_turns)
-  train_ex, eval_ex = dialogue.split_by_dialogue(exchanges, config.n_train, config.n_eval,
-                                                 config.seed)
-  train = dialogue.batch_arrays(tokenizer, train_ex, config.max_len, eos_id, eos_id)
-
-  text_ids = tokenizer(config.prompt_text)["input_ids"] if config.prompt_text else None
-  spec, tuned = init_tuned(
-      jax.random.key(config.seed + 1), base_config, base, config.method, n_new_tokens=n_new,
-      n_prompt=config.n_prompt, prompt_init=config.prompt_init, prompt_text_ids=text_ids,
-      prefix_len=config.prefix_len, prefix_hidden=config.prefix_hidden,
-      lora_rank=config.lora_rank, lora_alpha=config.lora_alpha)
-  if not config.train_new_rows and "new_rows" in tuned:
-    logging.info("New token rows stay at their initialisation (train_new_rows=False).")
-  lr = config.learning_rate or _default_lr(config.method)
-  tx, step_fn = _optimizer_and_step(cfg, spec, float(lr), max(1, config.num_steps // 20),
-                                    bool(config.train_new_rows), config.dropout > 0,
-                                    tuple(sorted(tuned)))
-  opt_state = tx.init(tuned)
-
-  meta = {"method": config.method, "model": base_name, "spec": spec.to_json()}
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint_every, keep=2)
-  state = {"tuned": tuned, "opt_state": opt_state, "step": np.asarray(0, np.int64)}
-  start = 0
-  if ckpt.latest_step() is not None:
-    old = ckpt.restore_meta()
-    if old.get("method") != meta["method"] or old.get("model") != meta["model"]:
-      raise ValueError(f"{workdir} holds a checkpoint of method={old.get('method')!r} "
-                       f"model={old.get('model')!r}; use a new --workdir for "
-                       f"method={meta['method']!r} model={meta['model']!r}.")
-    state, _ = ckpt.restore(state)
-    start = int(state["step"])
-    logging.info("Resumed from step %d.", start)
-  tuned, opt_state = state["tuned"], state["opt_state"]
-
-  n = train["inputs"].shape[0]
-  loss = float("nan")
-  for step in range(start, config.num_steps):
-    idx = np.random.default_rng([config.seed, step]).choice(n, config.batch_size,
-                                                           replace=n < config.batch_size)
-    batch = {k: jnp.asarray(v[idx]) for k, v in train.items()}
-    rng = jax.random.fold_in(jax.random.key(config.seed + 2), step)
-    tuned, opt_state, loss_arr = step_fn(tuned, opt_state, base, batch, rng)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-      loss = float(loss_arr)
-      logging.info("step %d loss %.4f", step + 1, loss)
-    ckpt.save(step + 1, {"tuned": tuned, "opt_state": opt_state, "step": np.asarray(step + 1, np.int64)},
-              meta, force=step + 1 == config.num_steps)
-  ckpt.close()
-
-  tuned_path = os.path.join(workdir, "tuned.safetensors")
-  save_tuned(tuned_path, tuned, spec, cfg, base_name, {"method": config.method})
-
-  eval_batch = dialogue.batch_arrays(tokenizer, eval_ex, config.max_len, eos_id, eos_id)
-  eval_nll = eval_loss(cfg, base, tuned, spec, {k: jnp.asarray(v) for k, v in eval_batch.items()})
-  ids, mask = dialogue.prompt_arrays(tokenizer, eval_ex, config.prompt_len, eos_id)
-  hyps = []
-  for i in range(0, len(eval_ex), config.eval_batch_size):
-    sl = slice(i, i + config.eval_batch_size)
-    b_ids, b_mask = ids[sl], mask[sl]
-    pad = config.eval_batch_size - b_ids.shape[0]  # one compiled shape
-    if pad:
-      b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
-      b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
-    out = generate(cfg, base, tuned, spec, b_ids, b_mask, config.max_new_tokens,
-                   method=config.decode, num_beams=config.num_beams, eos_id=eos_id)
-    hyps.extend(_decode(tokenizer, np.asarray(out)[:len(ids[sl])], eos_id))
-  refs = [e.response for e in eval_ex]
-  bleu = sacrebleu.corpus_bleu(hyps, [refs]).score
-  with open(os.path.join(workdir, "samples.jsonl"), "w") as f:
-    for e, h in zip(eval_ex, hyps):
-      f.write(json.dumps({"context": dialogue.format_context(e), "reference": e.response,
-                          "hypothesis": h}) + "\n")
-  result = {"method": config.method, "bleu": round(float(bleu), 4),
-            "trainable_params": count_trainable(tuned), "examples": len(eval_ex),
-            "train_examples": len(train_ex), "steps": int(config.num_steps),
-            "final_train_loss": None if np.isnan(loss) else round(loss, 4),
-            "eval_loss": round(eval_nll, 4), "model": base_name,
-            "tuned_file_bytes": os.path.getsize(tuned_path)}
-  with open(os.path.join(workdir, "result.json"), "w") as f:
-    json.dump(result, f)
-  return result

@@ -16,13 +16,9 @@ trained here can be adapted, back-translated with and compared later.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
-import sys
-import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +27,8 @@ import optax
 
 from fsl_jax.models import hf_loading, marian, mbart, seq2seq, seq2seq_hf
 from fsl_jax.models import seq2seq_generate as sg
-from fsl_jax.peft import adapters, freeze
+from fsl_jax.peft import adapters
 from fsl_jax.text import translation_data as td
-from fsl_jax.train.checkpoint import Checkpointer
 
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json",
                    "sentencepiece.bpe.model", "tokenizer.json", "special_tokens_map.json")
@@ -121,42 +116,28 @@ def params_fn(method: str, spec, lspec):
   return lambda trainable, base: adapters.apply(base, trainable, spec, lspec)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-def train_step(cfg, merge, tx, trainable, opt_state, base, batch, rng, label_smoothing):
-  """One optimizer step on the trainable tree; `base` is never updated."""
-  def loss(t):
-    params, acfg = merge(t, base)
-    return token_loss(cfg, params, acfg, batch, rng, label_smoothing)
-  value, grads = jax.value_and_grad(loss)(trainable)
-  updates, opt_state = tx.update(grads, opt_state, trainable)
-  return optax.apply_updates(trainable, updates), opt_state, value
+def make_train_step(cfg, merge, tx: optax.GradientTransformation, label_smoothing: float,
+                    dropout_key: jax.Array | None = None):
+  """A pure `step(state, batch, base) -> (state, {"loss"})` for `fsl_jax.train.loop`.
 
+  state = {"trainable", "opt_state", "step"}; `merge(trainable, base)` gives
+  the model's (params, adapter_cfg); `base` is never updated. With
+  `dropout_key`, step s drops out with fold_in(dropout_key, s).
+  """
 
-class _Hashable:
-  """Wraps a closure / optax transform so jit can take it as a static argument."""
+  def step(state, batch, base):
+    rng = None if dropout_key is None else jax.random.fold_in(dropout_key, state["step"])
 
-  def __init__(self, fn, key):
-    self.fn, self.key = fn, key
+    def loss(t):
+      params, acfg = merge(t, base)
+      return token_loss(cfg, params, acfg, batch, rng, label_smoothing)
 
-  def __call__(self, *a, **k):
-    return self.fn(*a, **k)
+    value, grads = jax.value_and_grad(loss)(state["trainable"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+    return {**state, "trainable": optax.apply_updates(state["trainable"], updates),
+            "opt_state": opt_state}, {"loss": value}
 
-  def __hash__(self):
-    return hash(self.key)
-
-  def __eq__(self, other):
-    return isinstance(other, _Hashable) and self.key == other.key
-
-  def __getattr__(self, name):
-    return getattr(self.fn, name)
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  sched = optax.warmup_cosine_decay_schedule(
-      0.0, config.lr, max(1, config.warmup_steps), max(config.steps, config.warmup_steps + 1),
-      end_value=config.lr * 0.1)
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(sched, b2=0.98, weight_decay=config.weight_decay))
+  return step
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -197,96 +178,3 @@ def generation_config(config, cfg, tok) -> sg.GenerationConfig:
   return sg.GenerationConfig(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams,
                              length_penalty=config.length_penalty, forced_bos_token_id=forced_bos,
                              bad_token_ids=(cfg.pad_token_id,))
-
-
-# ----------------------------------------------------------------------------- driver
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  os.makedirs(workdir, exist_ok=True)
-  rng_np = np.random.default_rng(config.seed)
-  real = td.load_pairs(config.train)
-  if config.max_train_pairs and len(real) > config.max_train_pairs:
-    real = [real[i] for i in sorted(rng_np.permutation(len(real))[:config.max_train_pairs])]
-  synthetic = td.load_pairs(config.bt_pairs) if config.get("bt_pairs") else []
-  pairs = td.mix(real, synthetic, config.bt_ratio, rng_np, config.get("bt_tag") or None) \
-      if synthetic else real
-  test = td.load_pairs(config.test)
-  if config.max_test_pairs:
-    test = test[:config.max_test_pairs]
-
-  cfg, base, tok, tok_dir = build_base(config, workdir, pairs)
-  if config.method == "full":
-    cfg = cfg.replace(dropout=config.dropout)
-  src, tgt = td.encode_pairs(tok, pairs, config.max_len)
-  sampler = td.BatchSampler(src, tgt, config.batch_size, cfg.pad_token_id, config.seed, config.max_len)
-  gen = generation_config(config, cfg, tok)
-
-  result: dict[str, Any] = {"method": config.method}
-  refs = [t for _, t in test]
-  if config.eval_base and config.model != "scratch":
-    hyps = translate(cfg, base, tok, [s for s, _ in test], gen, None, config.eval_batch_size,
-                     config.max_len)
-    result.update({f"base_{k}": v for k, v in score(hyps, refs).items()})
-
-  key = jax.random.PRNGKey(config.seed)
-  if config.method == "full":
-    trainable, lspec, spec = base, None, None
-    frozen = None
-  else:
-    spec = adapters.AdapterSpec(config.method, config.reduction_factor, config.adapter_activation,
-                                config.lora_rank, config.lora_alpha)
-    tree = adapters.init(key, cfg, base, spec)
-    trainable, lspec = adapters.trainable(tree), tree.get("_spec")
-    frozen = base
-  merge = _Hashable(params_fn(config.method, spec, lspec), (config.method, spec, lspec))
-  tx = _Hashable(make_optimizer(config), ("tx", config.lr, config.steps, config.warmup_steps,
-                                          config.weight_decay))
-  opt_state = tx.init(trainable)
-  n_trainable = freeze.count_params(trainable)
-
-  ckpt = Checkpointer(os.path.join(workdir, "ckpt"), config.checkpoint_every, keep=1)
-  state = {"trainable": trainable, "opt_state": opt_state, "step": np.zeros((), np.int32)}
-  meta = {"method": config.method, "family": cfg.family, "vocab_size": cfg.vocab_size,
-          "d_model": cfg.d_model}
-  if ckpt.latest_step() is not None:
-    saved = ckpt.restore_meta()
-    if {k: saved.get(k) for k in meta} != meta:
-      raise ValueError(f"{workdir}/ckpt holds {saved}, not {meta}: use another --workdir.")
-    state, _ = ckpt.restore(state)
-  trainable, opt_state = state["trainable"], state["opt_state"]
-  start = int(state["step"])
-  t0, losses = time.time(), []
-  ls = float(config.label_smoothing)
-  for step in range(start, config.steps):
-    batch = sampler.batch(step)
-    rng = jax.random.fold_in(key, step) if config.method == "full" or config.dropout_adapters else None
-    trainable, opt_state, loss = train_step(cfg, merge, tx, trainable, opt_state, frozen, batch,
-                                            rng, ls)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-      losses.append(float(loss))
-      print(f"step {step + 1}/{config.steps} loss {float(loss):.4f} "
-            f"{(time.time() - t0) / (step + 1 - start):.3f}s/step", file=sys.stderr, flush=True)
-    if ckpt.should_save(step + 1) or step + 1 == config.steps:
-      ckpt.save(step + 1, {"trainable": trainable, "opt_state": opt_state,
-                           "step": np.full((), step + 1, np.int32)}, meta, force=True)
-  ckpt.close()
-
-  params, acfg = merge(trainable, frozen)
-  if config.method == "full":
-    export_hf(os.path.join(workdir, "model"), cfg, params, tok_dir)
-  else:
-    bank = adapters.AdapterBank(cfg, base)
-    bank._adapters["tuned"] = (spec, {**trainable, **({"_spec": lspec} if lspec else {})})  # pylint: disable=protected-access
-    bank.save(os.path.join(workdir, "adapter.safetensors"), "tuned",
-              {"train": config.train, "steps": config.steps})
-  hyps = translate(cfg, params, tok, [s for s, _ in test], gen, acfg, config.eval_batch_size,
-                   config.max_len)
-  with open(os.path.join(workdir, "test_hyps.txt"), "w", encoding="utf-8") as f:
-    f.write("\n".join(hyps) + "\n")
-  result.update(score(hyps, refs))
-  result.update({"trainable_params": n_trainable, "train_pairs": len(pairs),
-                 "real_pairs": len(real), "synthetic_pairs": len(pairs) - len(real),
-                 "test_pairs": len(test), "steps": config.steps,
-                 "final_loss": losses[-1] if losses else None})
-  with open(os.path.join(workdir, "result.json"), "w") as f:
-    json.dump(result, f)
-  return result

@@ -291,6 +291,14 @@ class Harness:
       self.ckpt.close()
     return carry["state"]
 
+  def last_metric(self, key: str) -> float | None:
+    """The last logged value of `key` (a mean over the last log interval), if any."""
+    value = None
+    with open(os.path.join(self.workdir, "metrics.jsonl")) as f:
+      for line in f:
+        value = json.loads(line).get(key, value)
+    return value
+
   def finish(self, result: dict) -> dict:
     """Appends `result` (with the final step) to results.jsonl and returns it."""
     append_result(self.workdir, {**result, "step": self.loop.steps})

@@ -35,7 +35,7 @@ flags.mark_flags_as_required(["model", "input", "output"])
 def main(argv):
   del argv
   common.setup()
-  from fsl_jax.text import back_translation  # pylint: disable=g-import-not-at-top
+  from fsl_jax.proj.translation import back_translation  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   n = back_translation.run(FLAGS.model, FLAGS.input, FLAGS.output, num_beams=FLAGS.num_beams,
                            batch_size=FLAGS.batch_size, max_new_tokens=FLAGS.max_new_tokens,

@@ -9,7 +9,7 @@ import pytest
 
 from fsl_jax.models import marian, mbart, seq2seq
 from fsl_jax.peft import adapters, freeze
-from fsl_jax.text import mt_tuning
+from fsl_jax.proj.translation import tuning
 
 METHODS = ["pfeiffer", "houlsby", "lora"]
 
@@ -61,7 +61,7 @@ def test_training_changes_only_the_adapter(method):
   tree = adapters.init(jax.random.PRNGKey(1), cfg, base, spec)
   trainable, lspec = adapters.trainable(tree), tree.get("_spec")
   tx = optax.adam(1e-2)
-  step = jax.jit(mt_tuning.make_train_step(cfg, mt_tuning.params_fn(method, spec, lspec), tx, 0.0))
+  step = jax.jit(tuning.make_train_step(cfg, tuning.params_fn(method, spec, lspec), tx, 0.0))
   state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": 0}
   before = jax.tree.map(np.array, trainable)
   losses = []

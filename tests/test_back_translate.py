@@ -77,10 +77,10 @@ def test_exported_base_loads_in_transformers(tmp_path):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from fsl_jax.models import marian, seq2seq  # pylint: disable=import-outside-toplevel
-  from fsl_jax.text import mt_tuning  # pylint: disable=import-outside-toplevel
+  from fsl_jax.proj.translation import tuning  # pylint: disable=import-outside-toplevel
   cfg = marian.tiny(vocab_size=50)
   params = seq2seq.init_params(cfg, jax.random.PRNGKey(0), std=0.3)
-  mt_tuning.export_hf(str(tmp_path), cfg, params, None)
+  tuning.export_hf(str(tmp_path), cfg, params, None)
   model = transformers.MarianMTModel.from_pretrained(str(tmp_path)).eval()
   ids = np.array([[5, 7, 9, 0]])
   dec = np.array([[cfg.pad_token_id, 3, 4]])

@@ -24,8 +24,8 @@ import pytest
 
 from fsl_jax.data import folders, lake_runs, registry
 from fsl_jax.data.sources import DataError
-from fsl_jax.text import dialogue
-from fsl_jax.text import translation_data as td
+from fsl_jax.proj.dialogue import data as dialogue
+from fsl_jax.proj.translation import data as td
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PROTONET = "experiments/configs/protonet_omniglot.py:runlocal"

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fsl_jax.text import dialogue
+from fsl_jax.proj.dialogue import data as dialogue
 
 
 class CharTok:

@@ -10,7 +10,7 @@ import pytest
 
 from fsl_jax.models import gpt2, gpt2_generate
 from fsl_jax.peft import prefix, prompt, vocab
-from fsl_jax.text import lm_tuning
+from fsl_jax.peft import gpt2_tuning
 
 V, N_NEW = 300, 2
 # Direct prefixes share every code path with prefix_mlp after `to_kv`
@@ -48,11 +48,11 @@ def _trained(base, name, steps=3):
 def _train(base, name, steps):
   config, params = base
   method = name.split("_")[0]
-  spec, tuned = lm_tuning.init_tuned(jax.random.key(1), config, params, method,
+  spec, tuned = gpt2_tuning.init_tuned(jax.random.key(1), config, params, method,
                                      n_new_tokens=N_NEW, **METHODS[name])
   cfg = config.replace(vocab_size=V + N_NEW)
   tx = optax.adam(1e-2)
-  step = jax.jit(lm_tuning.make_train_step(cfg, spec, tx))
+  step = jax.jit(gpt2_tuning.make_train_step(cfg, spec, tx))
   state = {"tuned": tuned, "opt_state": tx.init(tuned), "step": 0}
   batch = _batch()
   losses = []
@@ -89,34 +89,34 @@ def test_cached_generation_and_save_load(trained, base, tmp_path):
   """Cached decoding equals uncached argmax; reloaded weights reproduce outputs."""
   cfg, spec, tuned = trained["cfg"], trained["spec"], trained["tuned"]
   ids, mask = _prompts()
-  out = np.asarray(lm_tuning.generate(cfg, base[1], tuned, spec, ids, mask, 6, eos_id=None))
+  out = np.asarray(gpt2_tuning.generate(cfg, base[1], tuned, spec, ids, mask, 6, eos_id=None))
   seq = np.concatenate([ids, out], 1)
   full_mask = np.concatenate([mask, np.ones_like(out, bool)], 1)
-  logits = lm_tuning.tuned_logits_jit(cfg, base[1], tuned, spec, jnp.asarray(seq),
+  logits = gpt2_tuning.tuned_logits_jit(cfg, base[1], tuned, spec, jnp.asarray(seq),
                                       jnp.asarray(full_mask))
   teacher = np.asarray(jnp.argmax(logits[:, ids.shape[1] - 1:-1], -1))
   np.testing.assert_array_equal(teacher, out)
 
   path = os.path.join(tmp_path, "tuned.safetensors")
-  lm_tuning.save_tuned(path, tuned, spec, cfg, "tiny")
-  tuned2, spec2, cfg2, _ = lm_tuning.load_tuned(path, base[0])
+  gpt2_tuning.save_tuned(path, tuned, spec, cfg, "tiny")
+  tuned2, spec2, cfg2, _ = gpt2_tuning.load_tuned(path, base[0])
   assert spec2 == spec and cfg2.vocab_size == V + N_NEW
-  logits2 = lm_tuning.tuned_logits_jit(cfg2, base[1], tuned2, spec2, jnp.asarray(seq),
+  logits2 = gpt2_tuning.tuned_logits_jit(cfg2, base[1], tuned2, spec2, jnp.asarray(seq),
                                        jnp.asarray(full_mask))
   if trained["name"] == "prefix_mlp":  # saved in inference form (MLP collapsed)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(logits2), atol=1e-5)
   else:
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(logits2))
-  out2 = lm_tuning.generate(cfg2, base[1], tuned2, spec2, ids, mask, 6, eos_id=None)
+  out2 = gpt2_tuning.generate(cfg2, base[1], tuned2, spec2, ids, mask, 6, eos_id=None)
   np.testing.assert_array_equal(out, np.asarray(out2))
   with pytest.raises(ValueError, match="Load it onto the base it was trained on"):
-    lm_tuning.load_tuned(path, base[0].replace(n_embd=64))
+    gpt2_tuning.load_tuned(path, base[0].replace(n_embd=64))
 
 
 def test_lora_merges_q_and_v_slices_only(base):
   config, params = base
   cfg, spec, _, tuned, _ = _trained(base, "lora")
-  merged, _, _ = lm_tuning.assemble(cfg, params, tuned, spec)
+  merged, _, _ = gpt2_tuning.assemble(cfg, params, tuned, spec)
   d = config.n_embd
   w0 = np.asarray(params["h_0"]["attn"]["c_attn"]["kernel"])
   w1 = np.asarray(merged["h_0"]["attn"]["c_attn"]["kernel"])
@@ -128,7 +128,7 @@ def test_lora_merges_q_and_v_slices_only(base):
   ids, mask = _prompts()
   np.testing.assert_array_equal(
       np.asarray(gpt2_generate.generate(cfg, merged, ids, mask, 6, eos_id=None)),
-      np.asarray(lm_tuning.generate(cfg, params, tuned, spec, ids, mask, 6, eos_id=None)))
+      np.asarray(gpt2_tuning.generate(cfg, params, tuned, spec, ids, mask, 6, eos_id=None)))
 
 
 def test_prompt_inits_and_file_size_on_gpt2_width(tmp_path):
@@ -141,9 +141,9 @@ def test_prompt_inits_and_file_size_on_gpt2_width(tmp_path):
   with pytest.raises(ValueError, match="text_ids"):
     prompt.init(jax.random.key(1), wte, 5, "text")
   config = gpt2.Gpt2Config.small(vocab_size=50257 + N_NEW)
-  spec = lm_tuning.TuneSpec("prompt", N_NEW)
+  spec = gpt2_tuning.TuneSpec("prompt", N_NEW)
   path = str(tmp_path / "p.safetensors")
-  lm_tuning.save_tuned(path, {"prompt": p, "new_rows": jnp.zeros((N_NEW, 768))}, spec, config,
+  gpt2_tuning.save_tuned(path, {"prompt": p, "new_rows": jnp.zeros((N_NEW, 768))}, spec, config,
                        "gpt2")
   assert os.path.getsize(path) < 100_000  # 20 x 768 fp32 = 61 KB, well under 1 MB
 

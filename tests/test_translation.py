@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fsl_jax.text import translation_data as td
+from fsl_jax.proj.translation import data as td
 
 
 def test_aligned_tsv_and_slices(tmp_path):

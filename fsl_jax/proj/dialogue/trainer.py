@@ -19,7 +19,8 @@ import numpy as np
 import optax
 
 from fsl_jax.peft import vocab
-from fsl_jax.text import dialogue, lm_tuning
+from fsl_jax.peft import gpt2_tuning
+from fsl_jax.proj.dialogue import data as dialogue
 from fsl_jax.train import loop, optim
 from fsl_jax.train import metrics as metrics_lib
 
@@ -43,11 +44,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Tunes (resumable), generates for held-out contexts, scores BLEU; returns the result."""
   import sacrebleu  # pylint: disable=import-outside-toplevel
 
-  if config.method not in lm_tuning.METHODS:
-    raise loop.ConfigError(f"method={config.method!r}: use one of {lm_tuning.METHODS} "
-                           "(--config.method=...).")
+  gpt2_tuning.METHODS.get(config.method)  # an unknown method fails before anything loads
   lcfg = loop.LoopConfig.from_config(config, steps="num_steps")
-  lr = float(config.optimizer.learning_rate or lm_tuning.default_lr(config.method))
+  lr = float(config.optimizer.learning_rate or gpt2_tuning.default_lr(config.method))
   resumable = RESUMABLE + (() if optim.schedule_depends_on_steps(config.optimizer)
                            else ("num_steps",))
   harness = loop.Harness(config, workdir, binary=BINARY, loop=lcfg, resumable=resumable,
@@ -56,8 +55,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   exchanges = dialogue.read(config.data, config.max_context_turns)
   tok_name = config.tokenizer or (config.model if not config.model.startswith("random:")
                                   else "gpt2")
-  tokenizer = lm_tuning.load_tokenizer(tok_name)
-  base_config, base, base_name = lm_tuning.load_base(config.model, config.seed, tokenizer)
+  tokenizer = gpt2_tuning.load_tokenizer(tok_name)
+  base_config, base, base_name = gpt2_tuning.load_base(config.model, config.seed, tokenizer)
   eos_id = base_config.eos_token_id
   special = vocab.add_special_tokens(tokenizer, dialogue.SPECIAL_TOKENS)
   n_new = max(0, len(tokenizer) - base_config.vocab_size)
@@ -70,7 +69,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train = dialogue.batch_arrays(tokenizer, train_ex, config.max_len, eos_id, eos_id)
 
   text_ids = tokenizer(config.prompt_text)["input_ids"] if config.prompt_text else None
-  spec, tuned = lm_tuning.init_tuned(
+  spec, tuned = gpt2_tuning.init_tuned(
       jax.random.key(config.seed + 1), base_config, base, config.method, n_new_tokens=n_new,
       n_prompt=config.n_prompt, prompt_init=config.prompt_init, prompt_text_ids=text_ids,
       prefix_len=config.prefix_len, prefix_hidden=config.prefix_hidden,
@@ -80,7 +79,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     metrics_lib.log("New token rows stay at their initialisation (train_new_rows=False).")
   tx = freeze_keys(optim.make_optimizer(config.optimizer, lcfg.steps, lr), frozen, tuned)
   dropout_key = jax.random.key(config.seed + 2) if config.dropout > 0 else None
-  step = lm_tuning.make_train_step(cfg, spec, tx, dropout_key)
+  step = gpt2_tuning.make_train_step(cfg, spec, tx, dropout_key)
 
   n = train["inputs"].shape[0]
 
@@ -95,9 +94,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   tuned = state["tuned"]
 
   tuned_path = os.path.join(harness.workdir, "tuned.safetensors")
-  lm_tuning.save_tuned(tuned_path, tuned, spec, cfg, base_name, {"method": config.method})
+  gpt2_tuning.save_tuned(tuned_path, tuned, spec, cfg, base_name, {"method": config.method})
   eval_batch = dialogue.batch_arrays(tokenizer, eval_ex, config.max_len, eos_id, eos_id)
-  eval_nll = lm_tuning.eval_loss(cfg, base, tuned, spec,
+  eval_nll = gpt2_tuning.eval_loss(cfg, base, tuned, spec,
                                  {k: jnp.asarray(v) for k, v in eval_batch.items()})
   ids, mask = dialogue.prompt_arrays(tokenizer, eval_ex, config.prompt_len, eos_id)
   hyps = []
@@ -108,7 +107,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if pad:
       b_ids = np.concatenate([b_ids, np.repeat(b_ids[-1:], pad, 0)])
       b_mask = np.concatenate([b_mask, np.repeat(b_mask[-1:], pad, 0)])
-    out = lm_tuning.generate(cfg, base, tuned, spec, b_ids, b_mask, config.max_new_tokens,
+    out = gpt2_tuning.generate(cfg, base, tuned, spec, b_ids, b_mask, config.max_new_tokens,
                              method=config.decode, num_beams=config.num_beams, eos_id=eos_id)
     hyps.extend(_decode(tokenizer, np.asarray(out)[:len(ids[sl])], eos_id))
   refs = [e.response for e in eval_ex]
@@ -120,7 +119,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   final_loss = harness.last_metric("loss")
   return harness.finish({
       "method": config.method, "bleu": round(float(bleu), 4),
-      "trainable_params": lm_tuning.count_trainable(tuned), "examples": len(eval_ex),
+      "trainable_params": gpt2_tuning.count_trainable(tuned), "examples": len(eval_ex),
       "train_examples": len(train_ex), "steps": lcfg.steps,
       "final_train_loss": None if final_loss is None else round(final_loss, 4),
       "eval_loss": round(eval_nll, 4), "model": base_name,

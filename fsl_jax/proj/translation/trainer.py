@@ -2,7 +2,7 @@
 adapters / LoRA / all weights of one, then translate the test set and score it.
 
 Reads parallel text (aligned files or TSV), optionally mixes in
-back-translated pairs, builds or loads the base (`fsl_jax.text.mt_tuning`),
+back-translated pairs, builds or loads the base (`fsl_jax.proj.translation.tuning`),
 trains on the shared harness (`fsl_jax.train.loop`: resume, preemption,
 metrics, results), translates with batched beam search and scores with
 sacreBLEU. The state is `{"trainable", "opt_state", "step"}`; a frozen base
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax.peft import adapters, freeze
-from fsl_jax.text import mt_tuning
-from fsl_jax.text import translation_data as td
+from fsl_jax.proj.translation import tuning
+from fsl_jax.proj.translation import data as td
 from fsl_jax.train import loop, optim
 
 BINARY = "adapter_tune"
@@ -50,20 +50,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   if config.max_test_pairs:
     test = test[:config.max_test_pairs]
 
-  cfg, base, tok, tok_dir = mt_tuning.build_base(config, workdir, pairs)
+  cfg, base, tok, tok_dir = tuning.build_base(config, workdir, pairs)
   if config.method == "full":
     cfg = cfg.replace(dropout=config.dropout)
   src, tgt = td.encode_pairs(tok, pairs, config.max_len)
   sampler = td.BatchSampler(src, tgt, config.batch_size, cfg.pad_token_id, config.seed,
                             config.max_len)
-  gen = mt_tuning.generation_config(config, cfg, tok)
+  gen = tuning.generation_config(config, cfg, tok)
 
   result: dict[str, Any] = {"method": config.method}
   refs = [t for _, t in test]
   if config.eval_base and config.model != "scratch":
-    hyps = mt_tuning.translate(cfg, base, tok, [s for s, _ in test], gen, None,
+    hyps = tuning.translate(cfg, base, tok, [s for s, _ in test], gen, None,
                                config.eval_batch_size, config.max_len)
-    result.update({f"base_{k}": v for k, v in mt_tuning.score(hyps, refs).items()})
+    result.update({f"base_{k}": v for k, v in tuning.score(hyps, refs).items()})
 
   key = jax.random.PRNGKey(config.seed)
   if config.method == "full":
@@ -73,10 +73,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                 config.lora_rank, config.lora_alpha)
     tree = adapters.init(key, cfg, base, spec)
     trainable, lspec, frozen = adapters.trainable(tree), tree.get("_spec"), base
-  merge = mt_tuning.params_fn(config.method, spec, lspec)
+  merge = tuning.params_fn(config.method, spec, lspec)
   tx = optim.make_optimizer(config.optimizer, lcfg.steps)
   dropout = config.method == "full" or config.dropout_adapters
-  step = mt_tuning.make_train_step(cfg, merge, tx, float(config.label_smoothing),
+  step = tuning.make_train_step(cfg, merge, tx, float(config.label_smoothing),
                                    key if dropout else None)
   state = {"trainable": trainable, "opt_state": tx.init(trainable),
            "step": jnp.zeros((), jnp.int32)}
@@ -86,18 +86,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
 
   params, acfg = merge(trainable, frozen)
   if config.method == "full":
-    mt_tuning.export_hf(os.path.join(workdir, "model"), cfg, params, tok_dir)
+    tuning.export_hf(os.path.join(workdir, "model"), cfg, params, tok_dir)
   else:
     bank = adapters.AdapterBank(cfg, base)
     bank.add("tuned", spec, key)  # the same init as above: the same LoRA spec
     bank.set_weights(trainable)
     bank.save(os.path.join(workdir, "adapter.safetensors"), "tuned",
               {"train": config.train, "steps": lcfg.steps})
-  hyps = mt_tuning.translate(cfg, params, tok, [s for s, _ in test], gen, acfg,
+  hyps = tuning.translate(cfg, params, tok, [s for s, _ in test], gen, acfg,
                              config.eval_batch_size, config.max_len)
   with open(os.path.join(workdir, "test_hyps.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(hyps) + "\n")
-  result.update(mt_tuning.score(hyps, refs))
+  result.update(tuning.score(hyps, refs))
   result.update({"trainable_params": freeze.count_params(trainable), "train_pairs": len(pairs),
                  "real_pairs": len(real), "synthetic_pairs": len(pairs) - len(real),
                  "test_pairs": len(test), "steps": lcfg.steps,

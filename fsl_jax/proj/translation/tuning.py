@@ -1,17 +1,13 @@
-"""Translation tuning: full / adapter / LoRA training, BLEU and chrF evaluation.
-
-`train_and_evaluate(config, workdir)` is the library side of
-`experiments.adapter_tune`: it reads parallel text (aligned files or TSV),
-optionally mixes in back-translated pairs, builds or loads the base model,
-trains (resuming from the latest checkpoint in `workdir`), translates the test
-set with batched beam search and scores it with sacreBLEU.
+"""Translation models for tuning: load / build / export a base, the token loss and the
+pure training step, batched beam-search translation and BLEU / chrF scoring.
 
 `config.model` is a Hugging Face checkpoint directory / hub id of a Marian or
 mBART model, or `scratch`: a Marian-shaped model of `config.scratch` size with
 a SentencePiece vocabulary trained on the training text. Full training
 (`method=full`) exports the result as a Hugging Face directory
 (`workdir/model`) that transformers and this module both load, so a base
-trained here can be adapted, back-translated with and compared later.
+trained here can be adapted, back-translated with and compared later. The
+binary's driver is `fsl_jax.proj.translation.trainer`.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ import optax
 from fsl_jax.models import hf_loading, marian, mbart, seq2seq, seq2seq_hf
 from fsl_jax.models import seq2seq_generate as sg
 from fsl_jax.peft import adapters
-from fsl_jax.text import translation_data as td
+from fsl_jax.proj.translation import data as td
 
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json", "tokenizer_config.json",
                    "sentencepiece.bpe.model", "tokenizer.json", "special_tokens_map.json")

@@ -6,8 +6,8 @@ import dataclasses
 
 from fsl_jax.models import hf_loading
 from fsl_jax.models import seq2seq_generate as sg
-from fsl_jax.text import mt_tuning
-from fsl_jax.text import translation_data as td
+from fsl_jax.proj.translation import tuning
+from fsl_jax.proj.translation import data as td
 
 
 def run(model: str, input_path: str, output_path: str, num_beams: int = 4, batch_size: int = 32,
@@ -19,15 +19,15 @@ def run(model: str, input_path: str, output_path: str, num_beams: int = 4, batch
     targets = targets[:limit]
   if not targets:
     raise ValueError(f"{input_path} has no non-empty lines to back-translate.")
-  cfg, params = mt_tuning.load_model(model)
+  cfg, params = tuning.load_model(model)
   directory = hf_loading.resolve(model, ["*.json", "*.spm", "*.model"])
   lang = {"src_lang": src_lang, "tgt_lang": tgt_lang} if src_lang else None
-  tok = mt_tuning.load_tokenizer(directory, lang)
+  tok = tuning.load_tokenizer(directory, lang)
   gen = sg.GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams,
                             bad_token_ids=(cfg.pad_token_id,))
   if cfg.family == "mbart" and tgt_lang:
     gen = dataclasses.replace(gen, forced_bos_token_id=tok.convert_tokens_to_ids(tgt_lang))
-  sources = mt_tuning.translate(cfg, params, tok, targets, gen, None, batch_size, max_len,
+  sources = tuning.translate(cfg, params, tok, targets, gen, None, batch_size, max_len,
                                 progress=progress)
   td.write_tsv(output_path, zip(sources, targets))
   return len(targets)

@@ -1,4 +1,4 @@
-"""Parameter-efficient tuning of a frozen GPT-2 for dialogue responses.
+"""Parameter-efficient tuning of a frozen GPT-2: soft prompt, prefix or LoRA.
 
 Tuned weights are one small pytree, the only thing differentiated and saved:
   {"new_rows": [N, D]}            special tokens' embeddings (vocab resize),
@@ -6,7 +6,8 @@ Tuned weights are one small pytree, the only thing differentiated and saved:
   | {"prefix": {...}}             method "prefix" (per-layer key/value prefixes),
   | {"lora": {...}}               method "lora" (c_attn q/v slices + MLP).
 The base params are passed to every step as a constant, so their leaves stay
-bit-identical (tests check it). `assemble` builds the inference view.
+bit-identical (tests check it). `assemble` builds the inference view. The
+dialogue binary built on it is `fsl_jax.proj.dialogue.trainer`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import optax
 from fsl_jax.models import gpt2, gpt2_generate, gpt2_hf
 from fsl_jax.peft import io as peft_io
 from fsl_jax.peft import lora, prefix, prompt, vocab
+from fsl_jax.registry import Registry
 
-METHODS = ("prompt", "prefix", "lora")
+# name -> init(key, config, base, **options) -> (tuned entries, LoraSpec | None)
+METHODS = Registry("GPT-2 tuning method")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,27 +57,41 @@ def lora_targets(config: gpt2.Gpt2Config, mlp: bool = True) -> dict:
   return targets
 
 
+@METHODS.register("prompt")
+def _init_prompt(key, config, base, *, n_prompt=20, prompt_init="vocab", prompt_text_ids=None,
+                 **_):
+  del config
+  return {"prompt": prompt.init(key, base["wte"]["embedding"], n_prompt, prompt_init,
+                                prompt_text_ids)}, None
+
+
+@METHODS.register("prefix")
+def _init_prefix(key, config, base, *, prefix_len=10, prefix_hidden=0, **_):
+  del base
+  return {"prefix": prefix.init(key, prefix_len, config.n_layer, config.n_embd, prefix_hidden)}, None
+
+
+@METHODS.register("lora")
+def _init_lora(key, config, base, *, lora_rank=8, lora_alpha=16.0, lora_mlp=True, **_):
+  lspec, factors = lora.init(key, base, lora_targets(config, lora_mlp), lora_rank, lora_alpha)
+  return {"lora": factors}, lspec
+
+
 def init_tuned(key: jax.Array, config: gpt2.Gpt2Config, base: dict, method: str, *,
-               n_new_tokens: int = 0, n_prompt: int = 20, prompt_init: str = "vocab",
-               prompt_text_ids=None, prefix_len: int = 10, prefix_hidden: int = 0,
-               lora_rank: int = 8, lora_alpha: float = 16.0, lora_mlp: bool = True
-               ) -> tuple[TuneSpec, dict]:
-  if method not in METHODS:
-    raise ValueError(f"Unknown method {method!r}; use one of {METHODS}.")
+               n_new_tokens: int = 0, **options) -> tuple[TuneSpec, dict]:
+  """(spec, tuned) for `method` (a METHODS name), with `n_new_tokens` new embedding rows.
+
+  options: prompt: n_prompt, prompt_init (random | vocab | text), prompt_text_ids;
+  prefix: prefix_len, prefix_hidden (0: no MLP); lora: lora_rank, lora_alpha, lora_mlp.
+  Each method reads its own options and ignores the others'.
+  """
+  init = METHODS.get(method)
   k_rows, k_m = jax.random.split(key)
-  wte = base["wte"]["embedding"]
   tuned: dict = {}
   if n_new_tokens:
-    tuned["new_rows"] = vocab.init_rows(k_rows, wte, n_new_tokens)
-  lspec = None
-  if method == "prompt":
-    tuned["prompt"] = prompt.init(k_m, wte, n_prompt, prompt_init, prompt_text_ids)
-  elif method == "prefix":
-    tuned["prefix"] = prefix.init(k_m, prefix_len, config.n_layer, config.n_embd, prefix_hidden)
-  else:
-    lspec, tuned["lora"] = lora.init(k_m, base, lora_targets(config, lora_mlp), lora_rank,
-                                     lora_alpha)
-  return TuneSpec(method, n_new_tokens, lspec), tuned
+    tuned["new_rows"] = vocab.init_rows(k_rows, base["wte"]["embedding"], n_new_tokens)
+  entries, lspec = init(k_m, config, base, **options)
+  return TuneSpec(method, n_new_tokens, lspec), {**tuned, **entries}
 
 
 def assemble(config: gpt2.Gpt2Config, base: dict, tuned: dict, spec: TuneSpec):

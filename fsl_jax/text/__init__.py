@@ -1,1 +1,0 @@
-"""Text scenarios: dialogue readers, translation data, LM and MT tuning."""

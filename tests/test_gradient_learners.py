@@ -13,8 +13,8 @@ import pytest
 
 from fsl_jax import meta, models
 from fsl_jax.data.episodes import EpisodeSpec
-from fsl_jax.meta import maml
-from fsl_jax.train import meta_trainer
+from fsl_jax.meta import losses, maml
+from fsl_jax.train import builders, meta_step, meta_trainer, restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,7 @@ def test_first_order_drops_exactly_the_second_order_term():
     state = {"batch_stats": variables["batch_stats"]}
 
     def support_grad(net):
-      return jax.grad(lambda n: maml.ce_and_accuracy(
+      return jax.grad(lambda n: losses.ce_and_accuracy(
           so._apply(n, state, ep["support_x"], True, 0)[0], ep["support_y"])[0])(net)
 
     # Hessian-vector product by reverse over reverse (the max-pool VJP is
@@ -248,12 +248,15 @@ def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1, c
   # float noise of exactly-zero gradients (conv biases under BatchNorm) into
   # full-size updates.
   tx = optax.sgd(0.1)
-  state = meta_trainer.init_state(learner, tx, src.image_shape, spec, 0)
-  step = jax.jit(meta_trainer.make_train_step(learner, tx, sampler, 4,
-                                              meta_trainer.make_mesh(devices), batching, chunk))
-  for _ in range(2):
-    state = step(state, sampler.images, sampler.counts)
-  return state
+  state = builders.init_state(learner, tx, src.image_shape, spec, 0)
+  step = jax.jit(meta_step.make_train_step(learner, tx, sampler, 4,
+                                           builders.make_mesh(devices), batching, chunk))
+  sums = None
+  for i in range(2):  # the harness's keys: fold_in(run_key, step)
+    key = jax.random.fold_in(builders.run_key(0), i)
+    state, metrics = step(state, key, (sampler.images, sampler.counts))
+    sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+  return {**state, "metric_sums": sums}
 
 
 def test_vmapped_looped_and_two_device_steps_agree():
@@ -363,20 +366,20 @@ def test_sigterm_during_validation_saves_and_resumes(tmp_path, monkeypatch):
   from fsl_jax.train import evaluation
   config = importlib.import_module("experiments.configs.maml_omniglot").get_config("runlocal")
   config.checkpoint_every, config.val_every = 1000, 4  # step 4 is no checkpoint step
-  real_evaluate = evaluation.evaluate
+  real_call = evaluation.Evaluator.__call__  # validation runs a compiled Evaluator
 
   def killed_compiler(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGTERM)
     raise RuntimeError("INTERNAL: ptxas exited with non-zero error code 15")
 
   with testing.mock_omniglot(train_classes=20, test_classes=10):
-    monkeypatch.setattr(evaluation, "evaluate", killed_compiler)
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", killed_compiler)
     with pytest.raises(SystemExit) as exit_info:
       meta_trainer.train_and_evaluate(config, str(tmp_path))
     assert exit_info.value.code == 143
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [4]
-    monkeypatch.setattr(evaluation, "evaluate", real_evaluate)
+    monkeypatch.setattr(evaluation.Evaluator, "__call__", real_call)
     res = meta_trainer.train_and_evaluate(config, str(tmp_path))
   assert res["episodes"] == 20
   steps = [l for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
@@ -387,13 +390,13 @@ def test_evaluation_learner_options_are_typed_and_checked():
   import ml_collections
   config = ml_collections.ConfigDict({"learner_kwargs": {
       "eval_inner_steps": 3, "inner_lr": 0.4, "transductive": True}})
-  got = meta_trainer.parse_learner_kwargs(
+  got = restore.parse_learner_kwargs(
       config, ["eval_inner_steps=1", "inner_lr=1", "transductive=false"])
   assert got == {"eval_inner_steps": 1, "inner_lr": 1.0, "transductive": False}
   assert isinstance(got["inner_lr"], float)
   with pytest.raises(ValueError, match=r"one of \['eval_inner_steps', 'inner_lr'"):
-    meta_trainer.parse_learner_kwargs(config, ["eval_steps=1"])
+    restore.parse_learner_kwargs(config, ["eval_steps=1"])
   with pytest.raises(ValueError, match="is a bool"):
-    meta_trainer.parse_learner_kwargs(config, ["transductive=maybe"])
+    restore.parse_learner_kwargs(config, ["transductive=maybe"])
   with pytest.raises(ValueError, match="takes an integer"):
-    meta_trainer.parse_learner_kwargs(config, ["eval_inner_steps=1.5"])
+    restore.parse_learner_kwargs(config, ["eval_inner_steps=1.5"])

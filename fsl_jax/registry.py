@@ -15,6 +15,7 @@ unknown name is refused with the closest registered names.
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,12 +53,15 @@ class Registry:
     """`get(name)(*args, **kwargs)`; an unexpected option names the factory's options."""
     factory = self.get(name)
     try:
-      return factory(*args, **kwargs)
-    except TypeError as e:
-      if "unexpected keyword" not in str(e):
-        raise
-      raise ValueError(f"The {self.kind} {name!r} does not take an option among "
-                       f"{sorted(kwargs)} ({e}).") from None
+      params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature (some builtins): let the call say
+      params = None
+    if params is not None and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+      unknown = sorted(k for k in kwargs if k not in params)
+      if unknown:
+        raise ValueError(f"The {self.kind} {name!r} takes no option {', '.join(unknown)}; its "
+                         f"options: {', '.join(k for k in params if k not in ('self', 'cls', 'parent'))}.")
+    return factory(*args, **kwargs)
 
   def unknown_message(self, name: str) -> str:
     close = difflib.get_close_matches(str(name), list(self._items), n=3, cutoff=0.5)

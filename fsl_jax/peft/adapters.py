@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from fsl_jax.models.seq2seq import AdapterConfig, Params, Seq2SeqConfig
 from fsl_jax.peft import io as peft_io
 from fsl_jax.peft import lora
+from fsl_jax.registry import Registry
 
-METHODS = ("pfeiffer", "houlsby", "lora")
 QV_TARGETS = (r"(self_attn|encoder_attn)/(q_proj|v_proj)/kernel$",)
 
 
@@ -48,8 +48,7 @@ class AdapterSpec:
   lora_targets: tuple[str, ...] = QV_TARGETS
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"Unknown adapter method {self.method!r}; use one of {METHODS}.")
+    METHODS.get(self.method)  # an unknown method names the registered ones
 
   def adapter_config(self) -> AdapterConfig | None:
     if self.method == "lora":
@@ -74,24 +73,56 @@ def _bottleneck(key, d: int, r: int) -> dict:
           "up": {"kernel": jnp.zeros((hidden, d)), "bias": jnp.zeros((d,))}}
 
 
-def init(key: jax.Array, cfg: Seq2SeqConfig, base: Params, spec: AdapterSpec) -> dict:
-  """A fresh adapter tree for `spec` (identity at init)."""
-  if spec.method == "lora":
+@dataclasses.dataclass(frozen=True)
+class _Bottlenecks:
+  """Bottleneck adapters after the given sublayers of every layer (Pfeiffer / Houlsby)."""
+  sublayers: tuple[str, ...]
+
+  def init(self, key, cfg: Seq2SeqConfig, base: Params, spec: AdapterSpec) -> dict:
+    del base
+    tree = {}
+    for side, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
+      layers = []
+      for _ in range(n):
+        layer = {}
+        for name in self.sublayers:
+          key, sub = jax.random.split(key)
+          layer[name] = _bottleneck(sub, cfg.d_model, spec.reduction_factor)
+        layers.append(layer)
+      tree[side] = {"layers": layers}
+    return tree
+
+  def apply(self, base, weights, spec, lspec):
+    del lspec
+    return _merge(base, weights), spec.adapter_config()
+
+
+class _Lora:
+  """Low-rank updates of the attention projections (spec.lora_targets), merged into the base."""
+
+  def init(self, key, cfg, base, spec: AdapterSpec) -> dict:
+    del cfg
     targets = {t: None for t in spec.lora_targets}
     lspec, factors = lora.init(key, base, targets, spec.lora_rank, spec.lora_alpha)
     return {"lora": factors, "_spec": lspec}
-  names = ["adapter_ffn"] + (["adapter_attn"] if spec.method == "houlsby" else [])
-  tree = {}
-  for side, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
-    layers = []
-    for _ in range(n):
-      layer = {}
-      for name in names:
-        key, sub = jax.random.split(key)
-        layer[name] = _bottleneck(sub, cfg.d_model, spec.reduction_factor)
-      layers.append(layer)
-    tree[side] = {"layers": layers}
-  return tree
+
+  def apply(self, base, weights, spec, lspec):
+    del spec
+    if lspec is None:
+      raise ValueError("LoRA adapters need their static LoraSpec (tree['_spec'] from adapters.init).")
+    return lora.merge(base, weights["lora"], lspec), None
+
+
+# name -> an object with init(key, cfg, base, spec) and apply(base, weights, spec, lspec).
+METHODS = Registry("adapter method")
+METHODS.register("pfeiffer", _Bottlenecks(("adapter_ffn",)))
+METHODS.register("houlsby", _Bottlenecks(("adapter_ffn", "adapter_attn")))
+METHODS.register("lora", _Lora())
+
+
+def init(key: jax.Array, cfg: Seq2SeqConfig, base: Params, spec: AdapterSpec) -> dict:
+  """A fresh adapter tree for `spec` (identity at init)."""
+  return METHODS.get(spec.method).init(key, cfg, base, spec)
 
 
 def trainable(tree: dict) -> dict:
@@ -116,11 +147,7 @@ def apply(base: Params, weights: dict, spec: AdapterSpec,
 
   `weights` is `trainable(tree)`; for LoRA pass `lspec` (static, from `init`).
   """
-  if spec.method == "lora":
-    if lspec is None:
-      raise ValueError("LoRA adapters need their static LoraSpec (tree['_spec'] from adapters.init).")
-    return lora.merge(base, weights["lora"], lspec), None
-  return _merge(base, weights), spec.adapter_config()
+  return METHODS.get(spec.method).apply(base, weights, spec, lspec)
 
 
 class AdapterBank:

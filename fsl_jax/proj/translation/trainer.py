@@ -26,7 +26,7 @@ from fsl_jax.train import loop, optim
 BINARY = "adapter_tune"
 # Evaluation-only keys may change when resuming; everything else shapes training.
 RESUMABLE = ("eval_batch_size", "num_beams", "length_penalty", "max_new_tokens", "eval_base")
-METHODS = ("full",) + adapters.METHODS
+METHODS = ("full",) + tuple(adapters.METHODS.names())
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:

@@ -95,8 +95,8 @@ class LoopConfig:
 
 
 def config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
-      else json.loads(json.dumps(dict(config), default=str))
+  """A ConfigDict as plain JSON values (what checkpoints and config.json hold)."""
+  return json.loads(config.to_json_best_effort())
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -115,10 +115,10 @@ ALWAYS_RESUMABLE = ("log_every", "checkpoint_every", "keep_checkpoints", "val_ev
                     "val_episodes", "data.data_dir", "data.download")
 
 
-def config_changes(saved: dict, config, resumable: Iterable[str]) -> list[str]:
+def config_changes(saved: dict, current: dict, resumable: Iterable[str]) -> list[str]:
   """'key: old -> new' for every key that differs and may not change on resume."""
   allowed = tuple(ALWAYS_RESUMABLE) + tuple(resumable)
-  old, new = _flat(saved), _flat(config_dict(config))
+  old, new = _flat(saved), _flat(current)
   keys = sorted(k for k in set(old) | set(new)
                 if old.get(k) != new.get(k) and not k.startswith(allowed))
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
@@ -199,7 +199,7 @@ class Harness:
     if other != self.binary:
       raise ConfigError(f"{self.workdir} holds a checkpoint of {other}, not {self.binary}; "
                         "use another --workdir.")
-    changes = config_changes(saved.get("config", {}), self.config, resumable)
+    changes = config_changes(saved.get("config", {}), self.meta["config"], resumable)
     if changes:
       raise ConfigError(
           f"Cannot resume {self.workdir}: the config differs from the one it was trained with "
@@ -229,10 +229,9 @@ class Harness:
     carry = {"state": init_state, "metric_sums": zeros,
              "metric_count": jnp.zeros((), jnp.int32)}
     if self.ckpt.latest_step() is not None:
-      carry, _, at = self.ckpt.restore(carry)
+      carry, _, _ = self.ckpt.restore(carry)
       self.start = int(carry["state"]["step"])
       metrics_lib.log("Resumed from step %d in %s", self.start, self.ckpt.directory)
-      del at
     if state_sharding is not None:
       carry = jax.device_put(carry, state_sharding)
     with open(os.path.join(self.workdir, "config.json"), "w") as f:

@@ -24,9 +24,15 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
                              " --xla_backend_optimization_level=0").strip()
 
 _CACHE = "JAX_COMPILATION_CACHE_DIR"
+_DATA_CACHE = "FSL_JAX_CACHE_DIR"
 
 
 def pytest_configure(config):
+  # Decoded-array caches (fsl_jax.data.cache) of the test run go to a
+  # temporary folder, never to the user's ~/.cache/fsl_jax.
+  if _DATA_CACHE not in os.environ:
+    os.environ[_DATA_CACHE] = tempfile.mkdtemp(prefix="fsl_jax_data_cache_")
+    config._fsl_jax_data_cache = os.environ[_DATA_CACHE]  # pylint: disable=protected-access
   # One persistent XLA compilation cache per test run, shared by the xdist
   # workers (started after this, they inherit the variable) and the binaries'
   # subprocesses: many tests compile the same programs (the runlocal configs)
@@ -37,9 +43,10 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-  cache = getattr(config, "_fsl_jax_cache", None)
-  if cache:
-    shutil.rmtree(cache, ignore_errors=True)
+  for attr in ("_fsl_jax_cache", "_fsl_jax_data_cache"):
+    cache = getattr(config, attr, None)
+    if cache:
+      shutil.rmtree(cache, ignore_errors=True)
 
 
 def _shared_root():

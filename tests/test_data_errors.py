@@ -23,7 +23,7 @@ from PIL import Image
 import pytest
 
 from fsl_jax.data import folders, lake_runs, registry
-from fsl_jax.data.sources import DataError
+from fsl_jax.data.sources import DataError, as_float
 from fsl_jax.proj.dialogue import data as dialogue
 from fsl_jax.proj.translation import data as td
 
@@ -141,8 +141,10 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
   (tmp_path / "a" / "x.png").write_bytes(data)
   (tmp_path / "b" / "y.png").write_bytes(png_bytes((img16 // 257).astype(np.uint8)))
   src = folders.load_image_folder(str(tmp_path), image_size=28, grayscale=True)
-  np.testing.assert_allclose(src.images[0, 0], src.images[1, 0], atol=1 / 255)
-  assert 0.45 < src.images[0, 0].mean() < 0.55  # clipped it was 0.75
+  assert src.images.dtype == np.uint8
+  a, b = as_float(src.images[0, 0]), as_float(src.images[1, 0])
+  np.testing.assert_allclose(a, b, atol=1.01 / 255)  # each rounded to uint8
+  assert 0.45 < a.mean() < 0.55  # clipped it was 0.75
 
 
 # ------------------------------------------------------------ 3. nested class folders
@@ -351,4 +353,6 @@ def test_image_folder_resize_matches_the_jax_resize(tmp_path):
   Image.fromarray(rgb_HxWx3).save(tmp_path / "a" / "x.png")
   src = folders.load_image_folder(str(tmp_path), image_size=28)
   want = resize(rgb_HxWx3[None].astype(np.float32) / 255, 28)[0]
-  np.testing.assert_allclose(src.images[0, 0], want, atol=1e-5)
+  # uint8 out of Pillow's uint8 resize: rounding, and Pillow's fixed-point
+  # weights, within one level (tests/test_image_loading.py measures more).
+  np.testing.assert_allclose(as_float(src.images[0, 0]), want, atol=1.01 / 255)

@@ -40,6 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_dir = ""
   c.data.grayscale = False        # image_folder: 1 channel instead of RGB
   c.data.skip_bad_images = False  # skip unreadable files (one warning each) instead of failing
+  # Decoded uint8 arrays of folders/zips are cached here ('' = $FSL_JAX_CACHE_DIR or
+  # ~/.cache/fsl_jax; FSL_JAX_NO_CACHE=1 turns the cache off).
+  c.data.cache_dir = ""
 
   # Snell et al.: 60-way training episodes, 5 queries/class, shots matching test.
   c.train = ml_collections.ConfigDict()

@@ -8,6 +8,15 @@
 - `load_image_folder(root)`: a generic layout of class folders holding images
   (`.png .jpg .jpeg .bmp .gif .webp`), e.g. photos of newly listed products,
   10 per category. Classes may have different numbers of images.
+- `load_classes(root, class_of, size)`: the engine under it and under the
+  named datasets (Tiny ImageNet's zip, NEU-DET): `class_of(path parts)` picks
+  each file's class (or None to leave it out).
+
+Natural images load as uint8 [C, M, size, size, D]: Pillow decodes and
+resizes (antialiased bilinear, JPEG draft mode when shrinking by 2x or more)
+in a thread pool, nothing compiles, and the decoded array is written to a
+cache (`fsl_jax.data.cache`) that later loads memory-map until a file
+changes. Loads over ~5 s show a progress bar.
 
 Class names in `load_image_folder` are the folder's path relative to `root`,
 so nested layouts keep every class apart: `alphabet/character01/*.png` gives
@@ -29,17 +38,23 @@ modes I;16 and I) are scaled from their 0..65535 range, not clipped at 255.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import io
 import os
 import pathlib
+import time
 import zipfile
 from typing import Callable, Iterator
 
 from absl import logging
 import numpy as np
 from PIL import Image
+import tqdm
 
+from fsl_jax.data import cache
 from fsl_jax.data.sources import ClassImages, DataError, resize, to_strokes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -62,23 +77,66 @@ def _is_data(parts: tuple[str, ...]) -> bool:
   return bool(parts) and parts[0] != "__MACOSX" and not any(p.startswith(".") for p in parts)
 
 
-def _walk(root: str) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes]]]:
-  """Yields (path parts relative to root, where to say it is, a reader of its bytes)."""
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+  """One image file of a folder or .zip: its path parts relative to the root,
+  where to say it is, its stamp (size and mtime, or size and CRC in a zip:
+  what the decoded-array cache fingerprints) and a reader of its bytes."""
+  parts: tuple[str, ...]
+  where: str
+  stamp: tuple[int, int]
+  read: Callable[[], bytes]
+
+
+@contextlib.contextmanager
+def list_images(root: str) -> Iterator[list[ImageFile]]:
+  """The image files under `root` (a folder or a .zip), sorted by path.
+
+  A .zip stays open (its files readable) while the context is.
+  """
+  _check_root(root)
   if os.path.isfile(root):
     if not zipfile.is_zipfile(root):
       raise DataError(f"{root} is a file but not a .zip (or a truncated one): pass a folder of "
                       "class folders or a complete .zip of one.")
     with zipfile.ZipFile(root) as zf:
-      for name in sorted(zf.namelist()):
-        parts = tuple(p for p in name.split("/") if p)
-        if name.lower().endswith(IMAGE_SUFFIXES) and _is_data(parts):
-          yield parts, f"{name} in {root}", functools.partial(zf.read, name)
+      files = []
+      for info in sorted(zf.infolist(), key=lambda i: i.filename):
+        parts = tuple(p for p in info.filename.split("/") if p)
+        if info.filename.lower().endswith(IMAGE_SUFFIXES) and _is_data(parts):
+          files.append(ImageFile(parts, f"{info.filename} in {root}",
+                                 (info.file_size, info.CRC), functools.partial(zf.read, info)))
+      yield files
     return
-  base = pathlib.Path(root)
-  for path in sorted(base.rglob("*")):
-    parts = path.relative_to(base).parts
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and _is_data(parts):
-      yield parts, str(path), path.read_bytes
+  files = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                   and not (d == "__MACOSX" and os.path.samefile(dirpath, root))]
+    rel = os.path.relpath(dirpath, root)
+    prefix = () if rel == "." else tuple(rel.split(os.sep))
+    for fname in filenames:
+      if fname.lower().endswith(IMAGE_SUFFIXES) and not fname.startswith("."):
+        path = os.path.join(dirpath, fname)
+        try:
+          st = os.stat(path)
+        except OSError as err:  # a broken link
+          raise DataError(f"Cannot read {path}: {err.strerror or err}.") from None
+        files.append(ImageFile(prefix + (fname,), path, (st.st_size, st.st_mtime_ns),
+                               functools.partial(_read_bytes, path)))
+  files.sort(key=lambda f: f.parts)
+  yield files
+
+
+def _read_bytes(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _walk(root: str) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes]]]:
+  """Yields (path parts relative to root, where to say it is, a reader of its bytes)."""
+  with list_images(root) as files:
+    for f in files:
+      yield f.parts, f.where, f.read
 
 
 def _check_root(root: str) -> None:
@@ -104,14 +162,8 @@ def _read_image(read: Callable[[], bytes], where: str, grayscale: bool,
       gray_HxW = np.clip(np.asarray(img, np.float32) / 65535.0, 0.0, 1.0)
       return gray_HxW[..., None] if grayscale else np.repeat(gray_HxW[..., None], 3, axis=-1)
     img_HxWxD = np.asarray(img.convert("L" if grayscale else "RGB"), np.float32) / 255.0
-  # Reading raises OSError (unreadable file) or zipfile.BadZipFile (bad CRC);
-  # Pillow raises OSError (UnidentifiedImageError, "image file is truncated"),
-  # SyntaxError (broken PNG chunks), ValueError, zlib.error, struct.error or
-  # DecompressionBombError depending on the format and where the bytes end.
-  except Exception as err:  # pylint: disable=broad-except
-    reason = ("not an image Pillow can read" if isinstance(err, Image.UnidentifiedImageError)
-              else f"{type(err).__name__}: {' '.join(str(err).split())}")
-    raise UnreadableImage(where, reason, fix) from err
+  except Exception as err:  # pylint: disable=broad-except  # see _reason
+    raise UnreadableImage(where, _reason(err), fix) from err
   return img_HxWxD[..., None] if grayscale else img_HxWxD
 
 
@@ -125,30 +177,188 @@ class _Skipper:
     try:
       return _read_image(read, where, grayscale)
     except UnreadableImage as err:
-      if not self.skip:
-        raise
-      self.skipped += 1
-      logging.warning("skip_bad_images: skipped unreadable image %d: %s (%s)", self.skipped,
-                      err.where, err.reason)
+      self.failed(err)
       return None
+
+  def failed(self, err: UnreadableImage) -> None:
+    """Raises `err`, or counts it with one warning line when skipping."""
+    if not self.skip:
+      raise err
+    self.skipped += 1
+    logging.warning("skip_bad_images: skipped unreadable image %d: %s (%s)", self.skipped,
+                    err.where, err.reason)
 
   def no_images(self, root: str, layout: str) -> DataError:
     skipped = f" ({self.skipped} unreadable images skipped)" if self.skipped else ""
     return DataError(f"No images in {root}{skipped}: expected {layout}.")
 
 
-def _resize_one(img_HxWxD: np.ndarray, size: int) -> np.ndarray:
-  """Antialiased bilinear resize of one image to [size, size, D], by Pillow.
+def decode_resize(data: bytes, where: str, size: int, grayscale: bool = False,
+                  fix: str = "") -> np.ndarray:
+  """Image file bytes -> uint8 [size, size, 1 if grayscale else 3], by Pillow.
 
-  Pillow's float ("F") bilinear resize agrees with `sources.resize` (JAX,
-  antialias=True) to 1e-6, and compiles nothing: photos come in many sizes,
-  and JAX compiled once per size (0.5 s an image).
+  Antialiased bilinear resize (Pillow's BILINEAR widens its support when
+  shrinking), from uint8 to uint8: within 1/255 of decoding to float and
+  resizing in float (`_float_resize`, which equals `sources.resize`, JAX's
+  antialiased linear resize, to 1e-6), apart from JPEGs at least twice the
+  size: those decode in Pillow's draft mode, which has the JPEG decoder
+  scale by 1/2, 1/4 or 1/8 in the DCT (up to 4x faster); that changes
+  pixels by 1/255 on average (tests/test_image_loading.py states and pins
+  the tolerances). Raises UnreadableImage naming `where` when the bytes do
+  not decode.
   """
+  mode = "L" if grayscale else "RGB"
+  try:
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG" and min(img.size) >= 2 * size:
+      img.draft(mode, (size, size))
+    img.load()  # Image.open only reads the header; truncation shows here
+    if img.mode in _SIXTEEN_BIT_MODES:
+      gray_HxW = np.clip(np.asarray(img, np.float32) / 65535.0, 0.0, 1.0)
+      img_HxWxD = _float_resize(gray_HxW[..., None], size)
+      if not grayscale:
+        img_HxWxD = np.repeat(img_HxWxD, 3, axis=-1)
+      return np.round(img_HxWxD * 255).astype(np.uint8)
+    img = img.convert(mode)
+    if img.size != (size, size):
+      img = img.resize((size, size), Image.BILINEAR)
+    out = np.asarray(img)
+  except Exception as err:  # pylint: disable=broad-except
+    raise UnreadableImage(where, _reason(err), fix) from err
+  return out[..., None] if grayscale else out
+
+
+def _reason(err: Exception) -> str:
+  # Reading raises OSError (unreadable file) or zipfile.BadZipFile (bad CRC);
+  # Pillow raises OSError (UnidentifiedImageError, "image file is truncated"),
+  # SyntaxError (broken PNG chunks), ValueError, zlib.error, struct.error or
+  # DecompressionBombError depending on the format and where the bytes end.
+  if isinstance(err, Image.UnidentifiedImageError):
+    return "not an image Pillow can read"
+  return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
+def _float_resize(img_HxWxD: np.ndarray, size: int) -> np.ndarray:
+  """Antialiased bilinear resize of a float image to [size, size, D], by Pillow ("F" mode)."""
   if img_HxWxD.shape[:2] == (size, size):
     return img_HxWxD
   channels = [Image.fromarray(np.ascontiguousarray(img_HxWxD[..., d]), "F").resize(
       (size, size), Image.BILINEAR) for d in range(img_HxWxD.shape[-1])]
   return np.clip(np.stack([np.asarray(c) for c in channels], axis=-1), 0.0, 1.0)
+
+
+def decode_files(files: list[ImageFile], size: int, grayscale: bool = False,
+                 skip_bad_images: bool = False, desc: str = "",
+                 out: np.ndarray | None = None,
+                 slots: list[tuple[int, ...]] | None = None) -> np.ndarray:
+  """Decodes and resizes every file into `out`; returns kept [N] bool.
+
+  Image i goes to `out[slots[i]]` (uint8; default slots: out[i], with `out`
+  a [N, size, size, D] array the caller passes to keep the images). A thread pool decodes (Pillow releases the GIL while it decodes and
+  resizes); nothing is compiled. An unreadable file raises UnreadableImage
+  naming it, or with `skip_bad_images` is skipped (kept[i] = False) with one
+  warning line each. Loads over ~5 s show a progress bar (files, images/s, ETA).
+  """
+  if out is None:
+    out = np.zeros((len(files), size, size, 1 if grayscale else 3), np.uint8)
+  slots = slots if slots is not None else [(i,) for i in range(len(files))]
+
+  def one(i: int) -> UnreadableImage | None:
+    try:
+      out[slots[i]] = decode_resize(files[i].read(), files[i].where, size, grayscale)
+    except UnreadableImage as err:
+      return err
+    except Exception as err:  # pylint: disable=broad-except  # reading (bad zip CRC, I/O)
+      return UnreadableImage(files[i].where, _reason(err))
+    return None
+
+  skipper = _Skipper(skip_bad_images)
+  kept = np.ones(len(files), bool)
+  workers = max(2, min(16, 2 * (os.cpu_count() or 1)))
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool, \
+      tqdm.tqdm(total=len(files), desc=desc or "decoding images", unit="img", delay=5,
+                mininterval=2, leave=False) as bar:
+    for i, err in enumerate(pool.map(one, range(len(files)), chunksize=64)):
+      if err is not None:
+        skipper.failed(err)
+        kept[i] = False
+      bar.update()
+  return kept
+
+
+def _decode_classes(root: str, selected: list[tuple[ImageFile, str]], size: int,
+                    grayscale: bool, skip_bad_images: bool, layout: str) -> ClassImages:
+  """uint8 ClassImages of (file, class) pairs, decoded straight into [C, M, ...] slots."""
+  t0 = time.time()
+  classes = sorted({c for _, c in selected})
+  index = {c: i for i, c in enumerate(classes)}
+  labels = np.asarray([index[c] for _, c in selected])
+  counts = np.bincount(labels, minlength=len(classes))
+  pos = np.zeros(len(labels), np.int64)
+  seen = np.zeros(len(classes), np.int64)
+  for i, c in enumerate(labels):
+    pos[i], seen[c] = seen[c], seen[c] + 1
+  out = np.zeros((len(classes), int(counts.max()), size, size, 1 if grayscale else 3), np.uint8)
+  kept = decode_files([f for f, _ in selected], size, grayscale, skip_bad_images,
+                      desc=f"decoding {os.path.basename(root.rstrip('/'))}", out=out,
+                      slots=list(zip(labels.tolist(), pos.tolist())))
+  if not kept.any():
+    raise DataError(f"No images in {root} ({len(selected)} unreadable images skipped): "
+                    f"expected {layout}.")
+  if kept.all():
+    src = ClassImages(out, counts.astype(np.int32), classes)
+  else:  # skipped files leave holes: regroup the decoded ones
+    src = ClassImages.from_flat(out[labels[kept], pos[kept]], labels[kept], classes)
+  logging.info("Decoded %d images of %s in %.1fs", len(src), root, time.time() - t0)
+  return src
+
+
+def load_classes(root: str, class_of: Callable[[tuple[str, ...]], str | None], size: int,
+                 grayscale: bool = False, skip_bad_images: bool = False,
+                 cache_dir: str | None = None, name: str = "",
+                 layout: str = "class_name/*.png or *.jpg",
+                 check: Callable[[list[tuple[ImageFile, str]]], None] | None = None,
+                 fingerprint: object = None) -> ClassImages:
+  """The images under `root` (folder or .zip) whose `class_of(parts)` is a class name.
+
+  uint8 [C, M, size, size, D], classes sorted by name. The first load at a
+  given size writes the decoded array to the cache (`fsl_jax.data.cache`),
+  later loads memory-map it. The entry is keyed by `name`, `size`,
+  `grayscale`, `fingerprint` (what else decides the selection, e.g. a
+  dataset's class list) and the files: in a folder each selected file's
+  path, size and mtime; a .zip by its own size and mtime (listing 18,000
+  members costs more than reading the cached array). `check(selected)` may
+  refuse a layout before anything decodes.
+  """
+  _check_root(root)
+  key = [os.path.abspath(root), size, bool(grayscale), bool(skip_bad_images), fingerprint]
+  is_zip = os.path.isfile(root)
+  if is_zip:
+    st = os.stat(root)
+    key.append([st.st_size, st.st_mtime_ns])
+
+  def select(files):
+    selected = [(f, c) for f in files if (c := class_of(f.parts)) is not None]
+    if check is not None:
+      check(selected)
+    if not selected:
+      raise DataError(f"No images in {root}: expected {layout}.")
+    return selected
+
+  def build(selected=None) -> ClassImages:
+    if selected is not None:
+      return _decode_classes(root, selected, size, grayscale, skip_bad_images, layout)
+    with list_images(root) as files:
+      return _decode_classes(root, select(files), size, grayscale, skip_bad_images, layout)
+
+  entry = cache.slug(name or os.path.basename(os.path.abspath(root)))
+  entry = f"{entry}-{size}-{'gray' if grayscale else 'rgb'}"
+  if is_zip:
+    return cache.cached(entry, key, build, cache_dir)
+  with list_images(root) as files:
+    selected = select(files)
+    key.append([["/".join(f.parts), c, *f.stamp] for f, c in selected])
+    return cache.cached(entry, key, lambda: build(selected), cache_dir)
 
 
 def read_png_strokes(data: bytes, where: str = "image", fix: str = "") -> np.ndarray:
@@ -180,33 +390,35 @@ def load_omniglot_folder(root: str, image_size: int = 28,
 
 
 def load_image_folder(root: str, image_size: int = 84, grayscale: bool = False,
-                      skip_bad_images: bool = False) -> ClassImages:
-  """Class folders of images: RGB (or grayscale) in [0, 1], resized square.
+                      skip_bad_images: bool = False, cache_dir: str | None = None,
+                      name: str = "") -> ClassImages:
+  """Class folders of images: uint8 RGB (or grayscale), resized square.
 
   A class is named by its folder's path relative to `root` (module docstring).
+  Decoded once per size and file list, then read from the decoded-array
+  cache (`load_classes`).
   """
-  _check_root(root)
-  skipper = _Skipper(skip_bad_images)
-  by_class: dict[str, list[np.ndarray]] = {}
-  for parts, where, read in _walk(root):
+
+  def class_of(parts):
     if len(parts) < 2:
-      raise DataError(f"{where} is directly in {root}, outside any class folder: put each "
-                      "class's images in a folder named after the class (class_name/*.png).")
-    img_HxWxD = skipper.read(read, where, grayscale)
-    if img_HxWxD is None:
-      continue
-    by_class.setdefault("/".join(parts[:-1]), []).append(_resize_one(img_HxWxD, image_size))
-  if not by_class:
-    raise skipper.no_images(root, "class_name/*.png or *.jpg")
-  for name in by_class:
-    parts = name.split("/")
-    outer = next(("/".join(parts[:k]) for k in range(1, len(parts))
-                  if "/".join(parts[:k]) in by_class), None)
-    if outer is not None:
-      raise DataError(f"{os.path.join(root, outer)} holds images and also the class folder "
-                      f"{name}: move its own images into a subfolder, so that every class is "
-                      "one folder of images.")
-  return _assemble(by_class, None, image_size)
+      raise DataError(f"{os.path.join(root, *parts)} is directly in {root}, outside any class "
+                      "folder: put each class's images in a folder named after the class "
+                      "(class_name/*.png).")
+    return "/".join(parts[:-1])
+
+  def check(selected):
+    classes = {c for _, c in selected}
+    for c in sorted(classes):
+      parts = c.split("/")
+      outer = next(("/".join(parts[:k]) for k in range(1, len(parts))
+                    if "/".join(parts[:k]) in classes), None)
+      if outer is not None:
+        raise DataError(f"{os.path.join(root, outer)} holds images and also the class folder "
+                        f"{c}: move its own images into a subfolder, so that every class is "
+                        "one folder of images.")
+
+  return load_classes(root, class_of, image_size, grayscale, skip_bad_images, cache_dir,
+                      name=name or root, check=check)
 
 
 def _assemble(by_class, groups, image_size) -> ClassImages:

@@ -55,4 +55,5 @@ def _image_folder(data_cfg, split: str) -> ClassImages:
   return folders.load_image_folder(
       _folder_root(data_cfg, split), data_cfg.get("image_size", 84),
       grayscale=bool(data_cfg.get("grayscale", False)),
-      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)))
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)),
+      cache_dir=data_cfg.get("cache_dir") or None)

@@ -48,7 +48,12 @@ def text_lines(text: str) -> list[str]:
 
 @dataclasses.dataclass
 class ClassImages:
-  """A split: `images` [C, M, H, W, D] float32 in [0, 1], `counts` [C]."""
+  """A split: `images` [C, M, H, W, D], `counts` [C].
+
+  `images` are uint8 (0..255; natural images, a quarter of float32's memory
+  on device) or float32 in [0, 1] (Omniglot strokes); the episode sampler
+  turns either into float32 in [0, 1] inside the step (`as_float`).
+  """
   images: np.ndarray
   counts: np.ndarray
   class_names: list[str]
@@ -92,13 +97,21 @@ class ClassImages:
     labels_N = np.asarray(labels_N)
     uniq, inverse, counts = np.unique(labels_N, return_inverse=True, return_counts=True)
     c, m = len(uniq), int(counts.max()) if len(uniq) else 0
-    out = np.zeros((c, m) + images_NxHxWxD.shape[1:], np.float32)
+    dtype = np.uint8 if images_NxHxWxD.dtype == np.uint8 else np.float32
+    out = np.zeros((c, m) + images_NxHxWxD.shape[1:], dtype)
     order = np.argsort(inverse, kind="stable")
     pos = np.arange(len(labels_N)) - np.repeat(np.cumsum(counts) - counts, counts)
     out[inverse[order], pos] = images_NxHxWxD[order]
     names = [str(u) for u in uniq] if class_names is None else [class_names[u] for u in uniq]
     grp = None if groups is None else [groups[u] for u in uniq]
     return cls(out, counts.astype(np.int32), names, grp)
+
+
+def as_float(images):
+  """Images as float32 in [0, 1]: uint8 divided by 255, float32 unchanged (jax or numpy)."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / np.float32(255)
+  return images
 
 
 def to_strokes(images: np.ndarray, white_background: bool = True) -> np.ndarray:

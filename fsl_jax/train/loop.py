@@ -112,7 +112,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # Keys that never change a run's trajectory: how often it logs, checkpoints
 # and validates, where it finds its data.
 ALWAYS_RESUMABLE = ("log_every", "checkpoint_every", "keep_checkpoints", "val_every",
-                    "val_episodes", "data.data_dir", "data.download")
+                    "val_episodes", "data.data_dir", "data.download", "data.cache_dir")
 
 
 def config_changes(saved: dict, current: dict, resumable: Iterable[str]) -> list[str]:

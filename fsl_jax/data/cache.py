@@ -1,0 +1,146 @@
+"""A decoded-array cache: a split decoded once, memory-mapped on later loads.
+
+Decoding and resizing 18,000 JPEGs costs seconds each run; reading back the
+uint8 array they make costs a memory map. `cached(name, fingerprint, build)`
+returns `build()`'s `ClassImages` and writes it to
+
+    <cache dir>/<name>-<hash of fingerprint>.npy   (images [C, M, H, W, D])
+    <cache dir>/<name>-<hash of fingerprint>.json  (counts, names, checksum)
+
+or, when both files are there and whole, reads them back instead. The
+fingerprint is whatever identifies the result: for a folder, the file list
+with each file's size and modification time and the image size, so a
+changed, added or removed file (or another size) is a different entry. The
+json is written last and holds the array's shape, dtype and CRC-32, so a
+truncated or corrupt entry is detected, reported in one warning line and
+rebuilt, never trusted. Older entries of the same name are removed when a
+new one is written.
+
+The cache dir is `cache_dir` when given, else $FSL_JAX_CACHE_DIR, else
+~/.cache/fsl_jax. FSL_JAX_NO_CACHE=1 turns the cache off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zlib
+from typing import Any, Callable
+
+from absl import logging
+import numpy as np
+
+from fsl_jax.data.sources import ClassImages
+
+# Bumped when the decoding or the entry format changes, so old entries are never read.
+FORMAT = 1
+
+
+def cache_dir(explicit: str | None = None) -> str | None:
+  """Where entries go, or None when FSL_JAX_NO_CACHE=1."""
+  if os.environ.get("FSL_JAX_NO_CACHE", "") not in ("", "0"):
+    return None
+  return (explicit or os.environ.get("FSL_JAX_CACHE_DIR")
+          or os.path.join(os.path.expanduser("~"), ".cache", "fsl_jax"))
+
+
+def slug(text: str) -> str:
+  """A file-name-safe form of `text` (a dataset root, a split name)."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "data"
+
+
+def _crc(images: np.ndarray) -> int:
+  flat = images.reshape(-1).view(np.uint8) if images.size else images.reshape(-1)
+  crc, step = 0, 1 << 26
+  for i in range(0, flat.size, step):
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(flat[i:i + step])), crc)
+  return crc
+
+
+def _read(stem: str) -> ClassImages | None:
+  """The entry at `stem`, or None (with a warning) when it is not whole."""
+  if not os.path.exists(stem + ".json"):
+    return None
+  try:
+    with open(stem + ".json") as f:
+      meta = json.load(f)
+    images = np.load(stem + ".npy", mmap_mode="r")
+    problem = None
+    if list(images.shape) != meta["shape"] or str(images.dtype) != meta["dtype"]:
+      problem = f"array {images.shape} {images.dtype}, expected {meta['shape']} {meta['dtype']}"
+    elif _crc(images) != meta["crc32"]:
+      problem = "checksum mismatch"
+    if problem is None:
+      return ClassImages(images, np.asarray(meta["counts"], np.int32), meta["class_names"],
+                         meta["groups"])
+  except (OSError, ValueError, KeyError, TypeError) as err:  # truncated .npy, bad json
+    problem = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+  logging.warning("Decoded-array cache %s.npy is damaged (%s); rebuilding it.", stem, problem)
+  return None
+
+
+def _write(stem: str, src: ClassImages, fingerprint_hash: str) -> None:
+  directory = os.path.dirname(stem)
+  os.makedirs(directory, exist_ok=True)
+  images = np.ascontiguousarray(src.images)
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.save(f, images)
+    os.replace(tmp, stem + ".npy")
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  meta = {"format": FORMAT, "fingerprint": fingerprint_hash, "shape": list(images.shape),
+          "dtype": str(images.dtype), "crc32": _crc(images),
+          "counts": [int(c) for c in src.counts], "class_names": list(src.class_names),
+          "groups": None if src.groups is None else list(src.groups)}
+  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(meta, f)
+  os.replace(tmp, stem + ".json")
+
+
+def _prune(directory: str, name: str, keep: str) -> None:
+  """Removes the other entries of `name` (an older file list or a damaged entry)."""
+  pattern = re.compile(re.escape(name) + r"-[0-9a-f]{16}\.(npy|json)$")
+  for entry in os.listdir(directory):
+    if pattern.match(entry) and not entry.startswith(os.path.basename(keep) + "."):
+      try:
+        os.remove(os.path.join(directory, entry))
+      except OSError:
+        pass
+
+
+def cached(name: str, fingerprint: Any, build: Callable[[], ClassImages],
+           directory: str | None = None) -> ClassImages:
+  """`build()`, read from the cache entry of (name, fingerprint) when it is whole.
+
+  `name` is file-name safe (see `slug`) and names the source and its
+  settings, e.g. 'tiny-imagenet-200.zip-train-84-rgb'; `fingerprint` is any
+  JSON-serialisable value that changes whenever the result would.
+  """
+  where = cache_dir(directory)
+  if where is None:
+    return build()
+  digest = hashlib.sha256(json.dumps([FORMAT, name, fingerprint], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+  stem = os.path.join(where, f"{name}-{digest}")
+  hit = _read(stem)
+  if hit is not None:
+    logging.info("Loaded %s from the decoded-array cache %s.npy", name, stem)
+    return hit
+  src = build()
+  try:
+    _write(stem, src, digest)
+    _prune(where, name, stem)
+    logging.info("Wrote the decoded-array cache %s.npy (%.0f MB; FSL_JAX_NO_CACHE=1 turns it "
+                 "off)", stem, src.images.nbytes / 2**20)
+  except OSError as err:  # a read-only or full disk costs the next run a decode, nothing else
+    logging.warning("Could not write the decoded-array cache in %s (%s); set "
+                    "config.data.cache_dir or FSL_JAX_CACHE_DIR to a writable folder.", where,
+                    err.strerror or err)
+  return src

@@ -43,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Decoded uint8 arrays of folders/zips are cached here ('' = $FSL_JAX_CACHE_DIR or
   # ~/.cache/fsl_jax; FSL_JAX_NO_CACHE=1 turns the cache off).
   c.data.cache_dir = ""
+  # Where the training split lives: auto = on the device when its images take at
+  # most a quarter of its memory, else sampled on the host (the same episodes).
+  c.data.placement = "auto"
 
   # Snell et al.: 60-way training episodes, 5 queries/class, shots matching test.
   c.train = ml_collections.ConfigDict()
@@ -57,6 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Tasks per gradient chunk when vmapped; 0 = auto: 2 on CPU for per-task
   # weights (the MAML family), all at once elsewhere (meta.base.task_chunk).
   c.train.task_chunk = 0
+  # Training augmentation, ops by name (fsl_jax/data/augment.py), e.g.
+  # "random_crop(84, padding=8)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1)"; '' = none.
+  c.train.augment = ""
+  c.train.augment_on = "both"     # support | query | both
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"

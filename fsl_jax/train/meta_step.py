@@ -5,7 +5,9 @@ metrics)` for `fsl_jax.train.loop.Harness`: it samples its own meta-batch of
 episodes from `key` inside the jitted function (`inputs` = the split's
 images and counts, on device once), shards the episodes over a 1-D device
 mesh ('data'), and returns the new state and the step's loss, accuracy and
-gradient norm.
+gradient norm. With a split kept on the host (`episodes.HostEpisodes`), the
+step takes the host's batch {'key', 'x', 'classes'} in place of the key (and
+no inputs) and finishes the same episodes from its pixels.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import optax
 
 from fsl_jax import meta
-from fsl_jax.data.episodes import EpisodeSampler
+from fsl_jax.data.episodes import EpisodeSampler, HostEpisodes
 
 
-def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh: Mesh,
+def make_train_step(learner, tx, sampler: EpisodeSampler | HostEpisodes, meta_batch: int,
+                    mesh: Mesh,
                     batching: str = "auto", chunk: int = 0):
   """A pure `step(state, key, (images, counts)) -> (state, metrics)`, not yet jitted.
 
@@ -33,7 +36,8 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
   the partitioner, a `lax.map` over a sharded axis runs ~2x slower than on
   one device.
   """
-  batch_fn = sampler.batch_fn()
+  on_host = isinstance(sampler, HostEpisodes)
+  batch_fn = None if on_host else sampler.batch_fn()
   episode_sharding = NamedSharding(mesh, P("data"))
   mode = meta.task_batching(learner, batching)
   chunk = meta.task_chunk(learner, mode, meta_batch // mesh.devices.size, chunk)
@@ -55,10 +59,14 @@ def make_train_step(learner, tx, sampler: EpisodeSampler, meta_batch: int, mesh:
     grad_fn = jax.shard_map(per_device, mesh=mesh, out_specs=P(), check_vma=False,
                             in_specs=(P(), P(), P(), P("data"), P("data")))
 
-  def step(state, key, inputs):
-    images, counts = inputs
+  def step(state, key_or_batch, inputs):
+    key = key_or_batch["key"] if on_host else key_or_batch
     k_data, k_loss = jax.random.split(key)
-    episodes = batch_fn(k_data, meta_batch, images, counts)
+    if on_host:
+      episodes = sampler.finish(k_data, key_or_batch)
+    else:
+      images, counts = inputs
+      episodes = batch_fn(k_data, meta_batch, images, counts)
     episodes = jax.lax.with_sharding_constraint(episodes, episode_sharding)
     loss_keys = jax.random.split(k_loss, meta_batch)
     (loss, aux), grads = grad_fn(state["params"], state["model_state"], state["step"],

@@ -17,8 +17,9 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
+from fsl_jax.data import augment as augment_lib
+from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
-from fsl_jax.data.episodes import EpisodeSampler
 from fsl_jax.train import builders, evaluation, loop, meta_step, optim
 from fsl_jax.train import metrics as metrics_lib
 
@@ -27,7 +28,7 @@ BINARY = "meta_train"
 # Keys that may change when resuming: they change neither the training
 # trajectory nor the architecture. train.steps joins them when the learning
 # rate schedule does not depend on the run's length.
-RESUMABLE = ("train.task_batching", "train.task_chunk", "eval.", "devices")
+RESUMABLE = ("train.task_batching", "train.task_chunk", "eval.", "devices", "data.placement")
 
 
 def _episodes(config, key: str) -> int:
@@ -59,6 +60,15 @@ class MetaTraining:
           f"train.meta_batch={meta_batch!r} must be a positive multiple of the {n_dev} devices; "
           f"set --config.train.meta_batch to a multiple of {n_dev} or --config.devices.")
     data_registry.DATASETS.get(config.data.name)  # an unknown name fails before anything loads
+    self.augment = augment_lib.parse(tcfg.get("augment", ""))
+    self.augment_on = tcfg.get("augment_on", "both")
+    if self.augment_on not in episodes_lib.AUGMENT_ON:
+      raise loop.ConfigError(f"train.augment_on={self.augment_on!r}: use one of "
+                             f"{', '.join(episodes_lib.AUGMENT_ON)}.")
+    self.placement = config.data.get("placement", "auto")
+    if self.placement not in ("auto", "device", "host"):
+      raise loop.ConfigError(f"data.placement={self.placement!r}: use auto (by size), device "
+                             "or host.")
     self.learner = builders.make_learner(config)
     self.tx = optim.make_optimizer(config.optimizer, lcfg.steps)
     resumable = RESUMABLE + (() if optim.schedule_depends_on_steps(config.optimizer)
@@ -74,12 +84,25 @@ class MetaTraining:
     replicated = NamedSharding(self.mesh, P())
     t0 = time.time()
     train_src = data_registry.load_split(config.data, config.data.train_split)
-    rotations = bool(config.data.rotations)
-    sampler = EpisodeSampler(train_src, self.train_spec, rotations=rotations,
-                             split=config.data.train_split, sharding=replicated)
-    metrics_lib.log("Loaded %s/%s: %d classes (%s rotations) in %.1fs", config.data.name,
-                    config.data.train_split, train_src.num_classes,
-                    "with" if rotations else "no", time.time() - t0)
+    rotations = bool(config.data.get("rotations", False))
+    placement = episodes_lib.placement_for(train_src, self.placement)
+    meta_batch = int(tcfg.meta_batch)
+    if placement == "device":
+      sampler = episodes_lib.EpisodeSampler(
+          train_src, self.train_spec, rotations=rotations, split=config.data.train_split,
+          sharding=replicated, augment=self.augment, augment_on=self.augment_on)
+      inputs, batches = (sampler.images, sampler.counts), None
+    else:
+      sampler = episodes_lib.HostEpisodes(
+          train_src, self.train_spec, meta_batch, rotations=rotations,
+          split=config.data.train_split, augment=self.augment, augment_on=self.augment_on)
+      inputs = None
+      batches = sampler.feed(self.harness.rng, lambda key: jax.random.split(key)[0])
+    metrics_lib.log("Loaded %s/%s: %d classes, %s %s (%.0f MB, on the %s) in %.1fs%s",
+                    config.data.name, config.data.train_split, train_src.num_classes,
+                    train_src.images.dtype, list(train_src.image_shape),
+                    train_src.images.nbytes / 2**20, placement, time.time() - t0,
+                    " with rotations" if rotations else "")
     want = getattr(learner, "num_classes", 0)  # classifiers over all training classes (Baseline++)
     have = train_src.num_classes * (4 if rotations else 1)
     if want and want != have:
@@ -100,7 +123,7 @@ class MetaTraining:
         self.eval_episodes, seed, split=config.eval.split, batching=batching)
     state = builders.init_state(learner, self.tx, train_src.image_shape, self.train_spec,
                                 int(config.seed))
-    step = meta_step.make_train_step(learner, self.tx, sampler, int(tcfg.meta_batch), self.mesh,
+    step = meta_step.make_train_step(learner, self.tx, sampler, meta_batch, self.mesh,
                                      batching, int(tcfg.get("task_chunk", 0)))
     validate = None
     if self.val_evaluator is not None:
@@ -108,7 +131,7 @@ class MetaTraining:
         res = self.val_evaluator(builders.variables(state))
         return {"val_accuracy": res["accuracy"], "val_ci95": res["ci95"]}
 
-    state = self.harness.train(state, step, inputs=(sampler.images, sampler.counts),
+    state = self.harness.train(state, step, inputs=inputs, batches=batches,
                                validate=validate, state_sharding=replicated,
                                items_per_step=int(tcfg.meta_batch), items="episodes")
     return self.harness.finish(test_evaluator(builders.variables(state)))

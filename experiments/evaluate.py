@@ -6,6 +6,14 @@ r"""Few-shot evaluation of the latest checkpoint in a workdir.
 
 Prints one JSON line: {"split", "ways", "shots", "accuracy", "ci95", "episodes"}.
 The episode set depends only on (split, ways, shots, queries, seed, episodes).
+
+Cross-domain: `--dataset=NAME [--data_dir=PATH]` evaluates on another
+dataset of the data registry (its --split, default test), its images resized
+to the trained model's input size and channels, e.g. a Tiny ImageNet model
+on the NEU-DET steel defects (any folder of class folders):
+
+    python -m experiments.evaluate --workdir=DIR --dataset=image_folder \
+        --data_dir=../shared/data/images/neu-det --ways=5 --shots=1
 """
 
 import json
@@ -23,6 +31,10 @@ flags.DEFINE_integer("episodes", None, "Number of episodes (default: eval.episod
 flags.DEFINE_string("split", None, "Split to evaluate on (default: eval.split).")
 flags.DEFINE_integer("seed", None, "Episode seed (default: eval.seed).")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_string("dataset", None, "Evaluate on this dataset of the registry instead of the "
+                    "trained one (cross-domain), e.g. image_folder, tiny_imagenet, cifar_fs.")
+flags.DEFINE_string("data_dir", None, "With --dataset: its files (for image_folder: the folder "
+                    "of class folders, or a .zip of one).")
 flags.DEFINE_multi_string(
     "learner_kwarg", [], "NAME=VALUE: evaluate with a learner option changed from the saved "
     "config, e.g. eval_inner_steps=1 or transductive=false; repeatable; recorded in results.jsonl.")
@@ -48,13 +60,64 @@ def main(argv):
   split = pick(FLAGS.split, ev.split)
   spec = builders.spec_from({"ways": pick(FLAGS.ways, ev.ways), "shots": pick(FLAGS.shots, ev.shots),
                              "queries": pick(FLAGS.queries, ev.queries)})
-  source = data_registry.load_split(cfg.data, split)
+  extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
+  if FLAGS.dataset or FLAGS.data_dir:
+    data_cfg, split = cross_domain(cfg, restore.load_meta(workdir), FLAGS.dataset,
+                                   FLAGS.data_dir, FLAGS.split)
+    extra["dataset"] = data_cfg.name
+    if FLAGS.data_dir:
+      extra["data_dir"] = FLAGS.data_dir
+    source = load_like_training(data_registry, data_cfg, split,
+                                restore.load_meta(workdir).get("image_shape"))
+  else:
+    source = data_registry.load_split(cfg.data, split)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
                                split=split, batching=cfg.train.get("task_batching", "auto"))
-  extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
+  result = {**result, **{k: v for k, v in extra.items() if k != "learner_kwargs"}}
   loop.append_result(workdir, {**result, "step": step, **extra})
   print(json.dumps(result), flush=True)
+
+
+FOLDER_DATASETS = ("image_folder", "omniglot_folder")
+
+
+def cross_domain(cfg, meta: dict, dataset: str | None, data_dir: str | None,
+                 split: str | None):
+  """(data config, split) of another dataset, at the trained image size and channels."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fsl_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
+  data = ml_collections.ConfigDict(cfg.data.to_dict())
+  name = dataset or cfg.data.name
+  data_registry.DATASETS.get(name)  # an unknown name is refused with the known ones
+  data.name = name
+  shape = meta.get("image_shape")
+  if shape:
+    data.image_size = int(shape[0])
+    data.grayscale = shape[-1] == 1
+  if name in FOLDER_DATASETS:
+    if not data_dir:
+      raise ValueError(f"--dataset={name} reads a folder: pass --data_dir=FOLDER (class "
+                       "folders of images, or a .zip of them).")
+    split = split or "test"
+    data[f"{split}_dir"] = data_dir
+    return data, split
+  data.data_dir = data_dir or ""
+  return data, split or "test"
+
+
+def load_like_training(data_registry, data_cfg, split, image_shape):
+  """The split, its channels matched to the trained model's input (gray <-> RGB)."""
+  from fsl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  source = data_registry.load_split(data_cfg, split)
+  if image_shape:
+    source = sources.match_channels(source, int(image_shape[-1]))
+    if list(source.image_shape) != list(image_shape):
+      raise sources.DataError(
+          f"{data_cfg.name}/{split} gives {list(source.image_shape)} images but the model was "
+          f"trained on {list(image_shape)}; this dataset does not resize to "
+          "data.image_size.")
+  return source
 
 
 if __name__ == "__main__":

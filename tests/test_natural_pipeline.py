@@ -140,3 +140,35 @@ def test_training_on_the_host_path_matches_the_device_path(tmp_path):
   assert drop(dev) == drop(host) and any("loss" in r for r in dev)
   result = lambda wd: json.loads((wd / "results.jsonl").read_text().splitlines()[-1])
   assert result(tmp_path / "dev")["accuracy"] == result(tmp_path / "host")["accuracy"]
+
+  # Cross-domain: the trained model on another folder (other sizes, one
+  # channel), resized to its 16x16 RGB input; the result names the dataset.
+  other = tmp_path / "other"
+  _folder(other, classes=4, per_class=5, size=40)
+  for p in other.rglob("*.png"):
+    Image.open(p).convert("L").save(p)
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.evaluate", f"--workdir={tmp_path / 'dev'}",
+       "--dataset=image_folder", f"--data_dir={other}", "--ways=3", "--shots=1",
+       "--queries=2", "--episodes=5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert row["dataset"] == "image_folder" and row["episodes"] == 5 and row["ways"] == 3
+  assert 0.0 <= row["accuracy"] <= 1.0
+  saved = json.loads((tmp_path / "dev" / "results.jsonl").read_text().splitlines()[-1])
+  assert saved["data_dir"] == str(other)
+
+
+def test_match_channels_for_cross_domain_evaluation():
+  from fsl_jax.data.sources import match_channels  # pylint: disable=import-outside-toplevel
+  src = _uint8_source(num_classes=2, per_class=2, size=4)
+  gray = match_channels(src, 1)
+  assert gray.images.shape == (2, 2, 4, 4, 1) and gray.images.dtype == np.uint8
+  np.testing.assert_array_equal(
+      gray.images[..., 0], np.round(src.images.astype(np.float32).mean(-1)).astype(np.uint8))
+  back = match_channels(gray, 3)
+  assert back.images.shape == src.images.shape
+  np.testing.assert_array_equal(back.images[..., 0], back.images[..., 2])
+  assert match_channels(src, 3) is src

@@ -107,6 +107,25 @@ class ClassImages:
     return cls(out, counts.astype(np.int32), names, grp)
 
 
+def match_channels(source: ClassImages, channels: int) -> ClassImages:
+  """`source` with `channels` (1 or 3) channels: RGB averaged to gray, gray repeated.
+
+  For evaluating a model on another dataset (a grayscale-trained model on
+  RGB photos, or an RGB model on X-rays stored as one channel).
+  """
+  have = source.image_shape[-1]
+  if have == channels:
+    return source
+  if channels == 3 and have == 1:
+    images = np.repeat(source.images, 3, axis=-1)
+  elif channels == 1 and have == 3:
+    mean = np.asarray(source.images, np.float32).mean(-1, keepdims=True)
+    images = np.round(mean).astype(np.uint8) if source.images.dtype == np.uint8 else mean
+  else:
+    raise DataError(f"Cannot turn {have}-channel images into {channels}-channel ones.")
+  return dataclasses.replace(source, images=images)
+
+
 def as_float(images):
   """Images as float32 in [0, 1]: uint8 divided by 255, float32 unchanged (jax or numpy)."""
   if images.dtype == np.uint8:

@@ -103,6 +103,8 @@ class MetaTraining:
                     train_src.images.dtype, list(train_src.image_shape),
                     train_src.images.nbytes / 2**20, placement, time.time() - t0,
                     " with rotations" if rotations else "")
+    # Saved with every checkpoint: evaluation on another dataset resizes to it.
+    self.harness.meta["image_shape"] = [int(d) for d in train_src.image_shape]
     want = getattr(learner, "num_classes", 0)  # classifiers over all training classes (Baseline++)
     have = train_src.num_classes * (4 if rotations else 1)
     if want and want != have:

@@ -44,6 +44,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     ckpt.close()
 
 
+def load_meta(workdir: str) -> dict:
+  """The latest checkpoint's meta: config, learner, model, image_shape (newer runs)."""
+  ckpt = open_checkpoints(workdir)
+  try:
+    return ckpt.restore_meta()
+  finally:
+    ckpt.close()
+
+
 def parse_learner_kwargs(config, items) -> dict:
   """{name: value} from "NAME=VALUE" strings, typed like config.learner_kwargs[name].
 

@@ -27,8 +27,8 @@ def _uint8_source(num_classes=10, per_class=8, size=12, seed=0):
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (num_classes, per_class, size, size, 3), dtype=np.uint8)
   counts = np.full(num_classes, per_class, np.int32)
-  counts[3] = 5  # uneven classes: padded rows must never be drawn
-  images[3, 5:] = 0
+  counts[3] = min(5, per_class)  # uneven classes: padded rows must never be drawn
+  images[3, counts[3]:] = 0
   return ClassImages(images, counts, [f"c{i}" for i in range(num_classes)])
 
 
@@ -163,9 +163,9 @@ def test_training_on_the_host_path_matches_the_device_path(tmp_path):
 
 def test_match_channels_for_cross_domain_evaluation():
   from fsl_jax.data.sources import match_channels  # pylint: disable=import-outside-toplevel
-  src = _uint8_source(num_classes=2, per_class=2, size=4)
+  src = _uint8_source(num_classes=5, per_class=2, size=4)
   gray = match_channels(src, 1)
-  assert gray.images.shape == (2, 2, 4, 4, 1) and gray.images.dtype == np.uint8
+  assert gray.images.shape == (5, 2, 4, 4, 1) and gray.images.dtype == np.uint8
   np.testing.assert_array_equal(
       gray.images[..., 0], np.round(src.images.astype(np.float32).mean(-1)).astype(np.uint8))
   back = match_channels(gray, 3)

@@ -57,3 +57,60 @@ def _image_folder(data_cfg, split: str) -> ClassImages:
       grayscale=bool(data_cfg.get("grayscale", False)),
       skip_bad_images=bool(data_cfg.get("skip_bad_images", False)),
       cache_dir=data_cfg.get("cache_dir") or None)
+
+
+# Natural-image few-shot benchmarks: uint8 images, class splits fixed in each module.
+# `data.image_size` unset or 0 gives the dataset's native/customary size.
+def _image_args(data_cfg) -> dict:
+  return dict(grayscale=bool(data_cfg.get("grayscale", False)),
+              cache_dir=data_cfg.get("cache_dir") or None)
+
+
+@DATASETS.register("tiny_imagenet")
+def _tiny_imagenet(data_cfg, split: str) -> ClassImages:
+  from fsl_jax.data import tiny_imagenet  # pylint: disable=g-import-not-at-top
+  return tiny_imagenet.load_tiny_imagenet(
+      split, data_cfg.get("data_dir") or "", data_cfg.get("image_size") or 64,
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)), **_image_args(data_cfg))
+
+
+def _cifar100_fewshot(dataset: str, data_cfg, split: str) -> ClassImages:
+  from fsl_jax.data import cifar  # pylint: disable=g-import-not-at-top
+  return cifar.load_cifar100_fewshot(
+      dataset, split, data_cfg.get("image_size") or 32, data_cfg.get("data_dir") or None,
+      download=bool(data_cfg.get("download", False)), **_image_args(data_cfg))
+
+
+@DATASETS.register("cifar_fs")
+def _cifar_fs(data_cfg, split: str) -> ClassImages:
+  return _cifar100_fewshot("cifar_fs", data_cfg, split)
+
+
+@DATASETS.register("fc100")
+def _fc100(data_cfg, split: str) -> ClassImages:
+  return _cifar100_fewshot("fc100", data_cfg, split)
+
+
+@DATASETS.register("mini_imagenet")
+def _mini_imagenet(data_cfg, split: str) -> ClassImages:
+  from fsl_jax.data import mini_imagenet  # pylint: disable=g-import-not-at-top
+  return mini_imagenet.load_mini_imagenet(
+      split, data_cfg.get("data_dir") or "", data_cfg.get("image_size") or 84,
+      imagenet_dir=data_cfg.get("imagenet_dir") or "",
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)), **_image_args(data_cfg))
+
+
+@DATASETS.register("tiered_imagenet")
+def _tiered_imagenet(data_cfg, split: str) -> ClassImages:
+  from fsl_jax.data import mini_imagenet  # pylint: disable=g-import-not-at-top
+  return mini_imagenet.load_tiered_imagenet(
+      split, data_cfg.get("data_dir") or "", data_cfg.get("image_size") or 84,
+      npz_bgr=bool(data_cfg.get("npz_bgr", True)),
+      skip_bad_images=bool(data_cfg.get("skip_bad_images", False)), **_image_args(data_cfg))
+
+
+@DATASETS.register("cub")
+def _cub(data_cfg, split: str) -> ClassImages:
+  from fsl_jax.data import cub  # pylint: disable=g-import-not-at-top
+  return cub.load_cub(split, data_cfg.get("image_size") or 84, data_cfg.get("data_dir") or None,
+                      download=bool(data_cfg.get("download", False)), **_image_args(data_cfg))

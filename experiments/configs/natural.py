@@ -1,0 +1,106 @@
+"""The episodic body shared by the natural-image configs (Tiny ImageNet, CIFAR-FS, mini-ImageNet).
+
+Not an experiment itself: `protonet_tiny_imagenet.py` and its siblings call
+`base(...)` and change what their recipe changes. Variants are picked by
+comma-separated words after ':' (`variants(arg, known)` checks them), e.g.
+`protonet_tiny_imagenet.py:cpu60,resnet12,aug`.
+
+Images are uint8 on the device (or sampled on the host when large,
+`data.placement`), turned into floats in [0, 1] inside the step, and
+augmented there when `train.augment` names ops (fsl_jax/data/augment.py).
+"""
+
+import ml_collections
+
+# The usual few-shot training augmentation (e.g. MetaOptNet's CIFAR-FS and
+# mini-ImageNet pipelines: random crop with padding, colour jitter, flip).
+STANDARD_AUGMENT = "random_crop({size}, padding={pad})|color_jitter(0.4, 0.4, 0.4, 0.0)|flip_lr"
+
+
+def variants(arg: str | None, known: tuple[str, ...]) -> set[str]:
+  """The set of comma-separated variant words in `arg`, each one of `known`."""
+  words = {w.strip() for w in (arg or "").split(",") if w.strip()}
+  unknown = sorted(words - set(known))
+  if unknown:
+    raise ValueError(f"Unknown variant {', '.join(unknown)}; use comma-separated words from "
+                     f"{', '.join(known)}.")
+  return words
+
+
+def standard_augment(image_size: int) -> str:
+  return STANDARD_AUGMENT.format(size=image_size, pad=max(1, image_size // 8))
+
+
+def base(dataset: str, image_size: int) -> ml_collections.ConfigDict:
+  """ProtoNet + Conv4 on `dataset`, 5-way 1-shot evaluation on its test classes."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.learner = "protonet"
+  c.learner_kwargs = ml_collections.ConfigDict()
+  c.model = "conv4"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.devices = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = dataset
+  c.data.data_dir = ""           # the dataset's files (zip, folder or TFDS data dir)
+  c.data.download = False        # TFDS datasets: download when online
+  c.data.image_size = image_size
+  c.data.grayscale = False
+  c.data.skip_bad_images = False
+  c.data.cache_dir = ""          # decoded-array cache ('' = $FSL_JAX_CACHE_DIR or ~/.cache/fsl_jax)
+  c.data.placement = "auto"      # auto | device | host (the same episodes either way)
+  c.data.rotations = False
+  c.data.train_split = "train"
+  c.data.val_split = "val"        # '' trains without validation
+  # Your own photos (data.name = image_folder): one folder (or .zip) of class
+  # folders per split, read for the splits train / val / test.
+  c.data.train_dir = ""
+  c.data.val_dir = ""
+  c.data.test_dir = ""
+
+  c.train = ml_collections.ConfigDict()
+  c.train.ways = 5
+  c.train.shots = 1
+  c.train.queries = 15
+  c.train.meta_batch = 1
+  c.train.steps = 20000
+  c.train.task_batching = "auto"
+  c.train.task_chunk = 0
+  c.train.augment = ""
+  c.train.augment_on = "both"
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = "step"
+  c.optimizer.decay_every = 2000
+  c.optimizer.decay_rate = 0.5
+  c.optimizer.warmup_steps = 0
+  c.optimizer.grad_clip = 0.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.split = "test"
+  c.eval.ways = 5
+  c.eval.shots = 1
+  c.eval.queries = 15
+  c.eval.episodes = 1000
+  c.eval.seed = 1234
+
+  c.log_every = 100
+  c.val_every = 2000
+  c.val_episodes = 200
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> None:
+  """Seconds: tiny steps and a narrow backbone, for smoke tests."""
+  c.train.ways, c.train.queries, c.train.steps, c.train.meta_batch = 3, 2, 4, 2
+  c.eval.ways, c.eval.queries, c.eval.episodes = 3, 2, 10
+  c.log_every, c.checkpoint_every, c.val_every, c.val_episodes = 2, 2, 4, 4
+  if c.model == "conv4":
+    c.model_kwargs.hidden = 8
+  else:  # resnet12 / wrn: the narrowest widths they take
+    c.model_kwargs.widths = (8, 8, 16, 16)

@@ -9,3 +9,4 @@ from fsl_jax.meta import protonet  # noqa: F401
 from fsl_jax.meta import baseline  # noqa: F401
 from fsl_jax.meta import matchingnet  # noqa: F401
 from fsl_jax.meta import r2d2  # noqa: F401
+from fsl_jax.meta import metaopt  # noqa: F401

@@ -117,11 +117,10 @@ def test_bring_your_own_folder_with_the_documented_command(tmp_path):
         (d / f"{i}.jpg").write_bytes(_jpeg(_image(rng, 120 + 7 * i, c)))
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.meta_train",
-       "--config=experiments/configs/protonet_tiny_imagenet.py:runlocal,aug",
-       f"--workdir={tmp_path / 'wd'}", "--config.data.name=image_folder",
+       "--config=experiments/configs/protonet_folder.py:runlocal",
+       f"--workdir={tmp_path / 'wd'}",
        f"--config.data.train_dir={tmp_path / 'photos' / 'train'}",
-       f"--config.data.test_dir={tmp_path / 'photos' / 'test'}",
-       "--config.data.val_split=", "--config.data.image_size=64"],
+       f"--config.data.test_dir={tmp_path / 'photos' / 'test'}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]

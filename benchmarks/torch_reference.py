@@ -41,6 +41,9 @@ gradients).  Outer loss: mean over tasks of the query cross-entropy at the
 adapted parameters; the per-task adaptation is `torch.func.vmap`ped over the
 task dimension, the outer gradient is `torch.func.grad` of the meta-loss, and
 Adam (lr 1e-3) updates the meta-parameters.  Eager PyTorch (no torch.compile).
+
+`benchmarks/torch_fewshot.py` has the references of the other learners
+(ProtoNet, MetaOptNet) and MAML on any `nn.Module` backbone (ResNet-12).
 """
 
 from __future__ import annotations

@@ -86,10 +86,10 @@ class BaselinePP(metric.MetricLearner):
 
   def outer_loss(self, variables, episode, key=None, train=True):
     """Cross-entropy over all classes on support + query; accuracy likewise."""
-    del key
     x = jnp.concatenate([episode["support_x"], episode["query_x"]])
     labels_B = episode["classes"][jnp.concatenate([episode["support_y"], episode["query_y"]])]
-    emb_BxD, state = embedding.embed(self.model, self.backbone_variables(variables), x, train)
+    emb_BxD, state = embedding.embed(self.model, self.backbone_variables(variables), x, train,
+                                     key)
     weight_CxD = self.head(variables)["weight"]
     loss, acc = losses.ce_and_accuracy(cosine_logits(emb_BxD, weight_CxD, self.scale), labels_B)
     loss = jnp.where(jnp.all((labels_B >= 0) & (labels_B < self.num_classes)), loss, jnp.nan)

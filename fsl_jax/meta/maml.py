@@ -17,6 +17,12 @@ Variables are {'params': {'net': backbone params, **meta params},
 'batch_stats': ...}. BatchNorm uses the statistics of the batch it sees
 (support or query) at meta-test time when `transductive` (Finn et al.'s
 MAML); otherwise running statistics gathered on training query batches.
+
+A backbone with dropout (resnet12, wrn) draws it in training only, from the
+key `outer_loss` receives: support pass i from fold_in(k_support, i), query
+pass after step i from fold_in(k_query, i + 1). At meta-test time its
+dropout is off (`models.layers.deterministic`), also when transductive
+BatchNorm runs the backbone in training mode.
 """
 
 from __future__ import annotations
@@ -28,13 +34,24 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.meta import base, losses
+from fsl_jax.meta import base, embedding, losses
+from fsl_jax.models import layers
 
 Params = dict[str, Any]
 
 
 def sgd(fast, grads, lr):
   return jax.tree.map(lambda p, g: p - lr * g, fast, grads)
+
+
+def _pass_key(key, i):
+  """The dropout key of one backbone pass (None without a key)."""
+  return None if key is None else jax.random.fold_in(key, i)
+
+
+def _split(key):
+  """(support, query) dropout keys of a task (Nones without a key)."""
+  return (None, None) if key is None else tuple(jax.random.split(key))
 
 
 def _model_state(variables: dict) -> dict:
@@ -132,11 +149,14 @@ class GradientLearner:
     return {"params": {"net": net, **self.init_meta(jax.random.fold_in(key, 1), net)},
             **variables}
 
-  def _apply(self, net: Params, state: dict, x, train: bool, i):
+  def _apply(self, net: Params, state: dict, x, train: bool, i, key=None):
     module = self.net
     if self.zero_head and "head" in net:  # its head has the task's ways (task_init)
       module = self.net_for(jax.tree.leaves(net["head"])[0].shape[-1])
+    if not train:  # meta-test: no dropout, even in transductive BatchNorm's training mode
+      module = layers.deterministic(module)
     kwargs = {"step": i} if getattr(module, "bn_steps", 0) else {}
+    kwargs["rngs"] = embedding.dropout_rngs(key, train)
     variables = {"params": net, **state}
     if (train or self.transductive) and state:
       return module.apply(variables, x, train=True, mutable=list(state), **kwargs)
@@ -154,21 +174,24 @@ class GradientLearner:
     return ways
 
   def adapt(self, variables, x, y, steps: int, train: bool = False, first_order=None,
-            query=None, ways: int | None = None):
+            query=None, ways: int | None = None, key=None):
     """Fast net weights after `steps` inner steps on (x, y) of a `ways`-way task.
 
     With `query=(qx, qy)`, also returns the query loss and accuracy after
     every step ([steps] each); otherwise that element is None. `ways`
     (default `self.ways`) may differ from the head's only with `zero_head`.
+    `key` feeds the backbone's dropout in training (see the module doc).
     """
     params = variables["params"]
     state = _model_state(variables)
     meta = {k: v for k, v in params.items() if k != "net"}
     adapted, frozen = self.inner_partition(self.task_init(params["net"], ways))
     fo = self.first_order if first_order is None else first_order
+    k_support, k_query = _split(key)
 
     def support_loss(adapted, i):
-      logits, _ = self._apply(self.combine(adapted, frozen), state, x, train, i)
+      logits, _ = self._apply(self.combine(adapted, frozen), state, x, train, i,
+                              _pass_key(k_support, i))
       return losses.ce_and_accuracy(logits, y)[0]
 
     def body(adapted, i):
@@ -178,7 +201,8 @@ class GradientLearner:
       adapted = self.inner_update(adapted, grads, meta, i)
       out = None
       if query is not None:
-        logits, _ = self._apply(self.combine(adapted, frozen), state, query[0], train, i + 1)
+        logits, _ = self._apply(self.combine(adapted, frozen), state, query[0], train, i + 1,
+                                _pass_key(k_query, i + 1))
         out = losses.ce_and_accuracy(logits, query[1])
       return adapted, out
 
@@ -187,23 +211,24 @@ class GradientLearner:
     adapted, per_step = jax.lax.scan(body, adapted, jnp.arange(steps))
     return self.combine(adapted, frozen), per_step
 
-  def _loss(self, variables, episode, train, first_order, weights):
+  def _loss(self, variables, episode, train, first_order, weights, key=None):
     steps = self.inner_steps if train else self.eval_inner_steps
     state = _model_state(variables)
     query = (episode["query_x"], episode["query_y"]) if weights is not None else None
     fast, per_step = self.adapt(variables, episode["support_x"], episode["support_y"], steps,
-                                train, first_order, query, ways=episode["classes"].shape[0])
-    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
+                                train, first_order, query, ways=episode["classes"].shape[0],
+                                key=key)
+    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps,
+                                    _pass_key(_split(key)[1], steps))
     loss, acc = losses.ce_and_accuracy(logits, episode["query_y"])
     if weights is not None:  # multi-step loss: the last term is `loss` itself
       loss = jnp.sum(weights[:-1] * per_step[0][:-1]) + weights[-1] * loss
     return loss, {"accuracy": acc, "model_state": new_state}
 
   def outer_loss(self, variables, episode, key=None, train=True, step=None):
-    del key
     self._check_ways(episode)
     weights = self.step_weights(step) if train else None
-    return self._loss(variables, episode, train, None, weights)
+    return self._loss(variables, episode, train, None, weights, key)
 
   def predict(self, variables, episode, key=None):
     del key
@@ -316,16 +341,15 @@ class MAMLPlusPlus(GradientLearner):
     return msl_weights(self.inner_steps, progress)
 
   def outer_loss(self, variables, episode, key=None, train=True, step=None):
-    del key
     self._check_ways(episode)
     if not train:
       return self._loss(variables, episode, False, None, None)
     weights = self.step_weights(step)
     if step is None or self.first_order_steps <= 0:
-      return self._loss(variables, episode, True, None, weights)
+      return self._loss(variables, episode, True, None, weights, key)
     return jax.lax.cond(step < self.first_order_steps,
-                        lambda v: self._loss(v, episode, True, True, weights),
-                        lambda v: self._loss(v, episode, True, False, weights), variables)
+                        lambda v: self._loss(v, episode, True, True, weights, key),
+                        lambda v: self._loss(v, episode, True, False, weights, key), variables)
 
 
 @base.register("reptile")
@@ -346,16 +370,17 @@ class Reptile(GradientLearner):
   name: str = "reptile"
 
   def outer_loss(self, variables, episode, key=None, train=True, step=None):
-    del key, step
+    del step
     self._check_ways(episode)
     x = jnp.concatenate([episode["support_x"], episode["query_x"]])
     y = jnp.concatenate([episode["support_y"], episode["query_y"]])
     steps = self.inner_steps if train else self.eval_inner_steps
     fast, _ = self.adapt(variables, x, y, steps, train, first_order=True,
-                         ways=episode["classes"].shape[0])
+                         ways=episode["classes"].shape[0], key=key)
     fast = jax.lax.stop_gradient(fast)
     state = _model_state(variables)
-    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps)
+    logits, new_state = self._apply(fast, state, episode["query_x"], train, steps,
+                                    _pass_key(_split(key)[1], steps))
     _, acc = losses.ce_and_accuracy(logits, episode["query_y"])
     net = variables["params"]["net"]
     if self.zero_head:  # the stored head is never used (and may have other ways)

@@ -74,18 +74,17 @@ class MetricLearner:
   def head(self, variables) -> Params:
     return {} if self.head_key is None else variables["params"][self.head_key]
 
-  def logits(self, variables, episode, train: bool):
-    """(query logits [N*Q, N], new model state) of one episode."""
+  def logits(self, variables, episode, train: bool, key=None):
+    """(query logits [N*Q, N], new model state) of one episode; `key` feeds dropout."""
     support_SxD, query_QxD, state = embedding.embed_episode(
-        self.model, self.backbone_variables(variables), episode, train)
+        self.model, self.backbone_variables(variables), episode, train, key)
     ways = episode["classes"].shape[0]
     logits_QxN = self.query_logits(self.head(variables), support_SxD, episode["support_y"],
                                    query_QxD, ways)
     return logits_QxN, state
 
   def outer_loss(self, variables, episode, key=None, train=True):
-    del key
-    logits_QxN, state = self.logits(variables, episode, train)
+    logits_QxN, state = self.logits(variables, episode, train, key)
     loss, acc = losses.ce_and_accuracy(logits_QxN, episode["query_y"])
     return loss, {"accuracy": acc, "model_state": state}
 

@@ -1,6 +1,6 @@
 """Backbones, chosen by name from a registry.
 
-    model = models.get("conv4", **kwargs)   # a flax.linen.Module
+    model = models.get("conv4", **kwargs)   # a flax.linen.Module (also resnet12, wrn)
     models.register("my_net")(MyNet)        # later backbones join the same way
 
 An unknown name or option is a ValueError naming the close names or options
@@ -34,3 +34,5 @@ def names() -> list[str]:
 
 
 from fsl_jax.models import conv4  # noqa: E402,F401  (registers itself)
+from fsl_jax.models import resnet12  # noqa: E402,F401
+from fsl_jax.models import wrn  # noqa: E402,F401

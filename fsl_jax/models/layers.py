@@ -15,11 +15,18 @@ custom VJP built from operations XLA runs fast on CPU:
 `impl='auto'` uses them on CPU and XLA's native gradients elsewhere (GPU/TPU
 have fast convolution gradients and the native ones vmap into grouped convs).
 The parameters are those of `flax.linen.Conv` (kernel [k, k, C, O], bias [O]).
+A strided convolution pads k // 2 on every side (PyTorch's `padding=k // 2`)
+and runs as strided im2col on CPU (only strided patches are multiplied).
+
+Also here: `batch_norm` (BatchNorm or MAML++'s per-step `StepBatchNorm`, as
+every backbone builds it), DropBlock (Ghiasi et al., 2018) and
+`deterministic(module)` (a backbone with its dropout switched off).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -59,20 +66,29 @@ def _conv_bwd(res, g_BxHxWxO):
 conv_same.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_im2col(x_BxHxWxC, w_KxKxCxO):
+def conv_im2col(x_BxHxWxC, w_KxKxCxO, stride: int = 1):
   """The same convolution as one matmul of im2col patches (plain jnp ops).
 
   Vmapped with per-task weights (the MAML family on CPU) it becomes a batched
   matmul instead of the grouped convolution XLA runs slowly on CPU; its
-  derivatives of any order are matmuls and pads.
+  derivatives of any order are matmuls and pads. With `stride` s only every
+  s-th patch is taken: output [B, ceil(H/s), ceil(W/s), O].
   """
   k = w_KxKxCxO.shape[0]
   b, h, wd, c = x_BxHxWxC.shape
   p = k // 2
   xp = jnp.pad(x_BxHxWxC, ((0, 0), (p, p), (p, p), (0, 0)))
-  cols = jnp.concatenate([xp[:, i:i + h, j:j + wd] for i in range(k) for j in range(k)], axis=-1)
-  y = cols.reshape(b * h * wd, k * k * c) @ w_KxKxCxO.reshape(k * k * c, -1)
-  return y.reshape(b, h, wd, -1)
+  cols = jnp.concatenate([xp[:, i:i + h:stride, j:j + wd:stride]
+                          for i in range(k) for j in range(k)], axis=-1)
+  ho, wo = cols.shape[1], cols.shape[2]
+  y = cols.reshape(b * ho * wo, k * k * c) @ w_KxKxCxO.reshape(k * k * c, -1)
+  return y.reshape(b, ho, wo, -1)
+
+
+def _conv_strided(x, w, stride: int):
+  p = w.shape[0] // 2
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)),
+                                      dimension_numbers=_DN)
 
 
 @jax.custom_vjp
@@ -137,17 +153,29 @@ def resolve_impl(impl: str) -> str:
 
 
 class Conv(nn.Module):
-  """`nn.Conv(features, (k, k), padding='SAME')` with a selectable gradient path."""
+  """`nn.Conv(features, (k, k), padding='SAME')` with a selectable gradient path.
+
+  `strides` > 1 pads k // 2 on each side (PyTorch's `padding=k // 2`; XLA's
+  'SAME' would pad an even input only after).
+  """
   features: int
   kernel_size: int = 3
   use_bias: bool = True
   impl: str = "auto"
+  strides: int = 1
+  kernel_init: Callable = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-    fn = {"cpu": conv_same, "im2col": conv_im2col, "xla": _conv}[resolve_impl(self.impl)]
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+    impl = resolve_impl(self.impl)
+    if self.strides == 1:
+      fn = {"cpu": conv_same, "im2col": conv_im2col, "xla": _conv}[impl]
+    elif impl == "xla":
+      fn = functools.partial(_conv_strided, stride=self.strides)
+    else:  # strided patches: the matmul's gradients are fast on CPU
+      fn = functools.partial(conv_im2col, stride=self.strides)
     y = fn(x, kernel.astype(x.dtype))
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
@@ -194,3 +222,73 @@ class StepBatchNorm(nn.Module):
       mean, var = ra_mean.value[step], ra_var.value[step]
     y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
     return y * scale[step] + bias[step]
+
+
+def batch_norm(x, train: bool, step=0, bn_steps: int = 0, name: str | None = None):
+  """BatchNorm as the backbones use it (momentum 0.9, epsilon 1e-5).
+
+  With `bn_steps` > 0 it is a `StepBatchNorm` and `step` picks the set
+  (MAML++). Call it inside a compact method: the layer joins that module.
+  """
+  if bn_steps:
+    return StepBatchNorm(bn_steps, name=name)(x, train, step)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)(x)
+
+
+def drop_block(x_BxHxWxC: jax.Array, key: jax.Array, rate: float, block_size: int) -> jax.Array:
+  """DropBlock (Ghiasi et al., 2018): zero random `block_size` squares, rescale the rest.
+
+  Block seeds are Bernoulli(gamma) at the positions where a whole block
+  fits, independently per example and channel, with the paper's
+  gamma = rate / bs^2 * (H * W) / ((H - bs + 1) * (W - bs + 1)), so that
+  seeds times block area cover `rate` of the map (overlapping blocks make
+  the dropped fraction a little lower). Each seed zeroes the bs x bs square
+  whose top-left corner it is; the kept activations are scaled by
+  (all / kept) per batch, as MetaOptNet does. A block larger than the map
+  is shrunk to it (at 84x84 ResNet-12's last map is 5x5, at 32x32 2x2).
+  """
+  b, h, w, c = x_BxHxWxC.shape
+  bs = max(1, min(block_size, h, w))
+  gamma = rate / bs**2 * (h * w) / ((h - bs + 1) * (w - bs + 1))
+  seeds = jax.random.bernoulli(key, gamma, (b, h - bs + 1, w - bs + 1, c))
+  # A seed at (i, j) covers [i, i + bs) x [j, j + bs): a bs x bs max over
+  # the seeds padded by bs - 1 on every side puts each covered pixel at 1.
+  pad = ((0, 0), (bs - 1, bs - 1), (bs - 1, bs - 1), (0, 0))
+  seeds = jnp.pad(seeds.astype(x_BxHxWxC.dtype), pad)
+  dropped = jax.lax.reduce_window(seeds, jnp.array(0, seeds.dtype), jax.lax.max,
+                                  (1, bs, bs, 1), (1, 1, 1, 1), "VALID")
+  keep = 1 - dropped
+  scale = keep.size / jnp.maximum(keep.sum(), 1)
+  return x_BxHxWxC * keep * scale
+
+
+class DropBlock(nn.Module):
+  """`drop_block` with a key from the 'dropout' rng; the identity unless `train`."""
+  rate: float
+  block_size: int = 5
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if not train or self.rate == 0:
+      return x
+    return drop_block(x, self.make_rng("dropout"), self.rate, self.block_size)
+
+
+def check_dropout_rng(module: nn.Module, train: bool, rates) -> None:
+  """Refuses a training-mode call of a backbone with dropout but no 'dropout' rng."""
+  if train and any(r > 0 for r in rates) and not module.has_rng("dropout"):
+    raise ValueError(
+        f"{type(module).__name__} drops activations in training mode (rates {tuple(rates)}) "
+        "and needs a key: apply it with rngs={'dropout': key} (learners pass the key "
+        "outer_loss receives), call it with train=False, or set its drop rates to 0.")
+
+
+def deterministic(module: nn.Module) -> nn.Module:
+  """`module` with its dropout off: the fields it names in `dropout_fields` set to 0.
+
+  For a backbone run in training mode only for BatchNorm's batch statistics
+  (transductive MAML at meta-test time); a backbone without dropout is
+  returned as it is.
+  """
+  fields = getattr(module, "dropout_fields", ())
+  return module.clone(**{f: 0.0 for f in fields}) if fields else module

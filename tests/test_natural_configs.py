@@ -80,10 +80,12 @@ def test_tiny_imagenet_trains_and_evaluates(tmp_path, variant):
   assert meta["data"]["image_size"] == 64
 
 
-@pytest.mark.parametrize("name", ["protonet_cifar_fs", "metaopt_cifar_fs"])
-def test_cifar_fs_pipelines_under_mock_data(tmp_path, monkeypatch, name):
+def test_cifar_fs_pipeline_under_mock_data(tmp_path, monkeypatch):
+  # metaopt_cifar_fs is protonet_cifar_fs's body (ResNet-12, augmentation, SGD
+  # piecewise) with the SVM head: one run covers both configs' pipeline.
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # nothing prepared: the mock
-  c = _config(name, "runlocal")
+  c = _config("metaopt_cifar_fs", "runlocal")
+  assert c.learner == "metaopt" and c.optimizer.schedule == "piecewise"
   assert c.model == "resnet12" and c.train.augment.startswith("random_crop(32")
   with tfds.testing.mock_data(num_examples=600, policy=tfds.testing.MockPolicy.USE_CODE):
     res = meta_trainer.train_and_evaluate(c, str(tmp_path / "wd"))

@@ -148,8 +148,7 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, cache_dir, caplog
   assert isinstance(healed.images, np.memmap)
 
 
-def test_a_zip_is_cached_until_it_changes(tmp_path, cache_dir):
-  del cache_dir
+def test_a_zip_is_cached_until_it_changes(tmp_path, cache_dir, capsys):
   root = _folder(tmp_path / "data", per_class=2)
   zpath = tmp_path / "data.zip"
   with zipfile.ZipFile(zpath, "w") as zf:
@@ -159,6 +158,9 @@ def test_a_zip_is_cached_until_it_changes(tmp_path, cache_dir):
   assert first.class_names == [f"top/class{c}" for c in range(4)]
   second = folders.load_image_folder(str(zpath), image_size=20)
   assert isinstance(second.images, np.memmap)
+  err = capsys.readouterr().err  # the log says where the cache went
+  assert f"Wrote the decoded-array cache {cache_dir}" in err
+  assert f"data.zip-20-rgb from the decoded-array cache {cache_dir}" in err
   np.testing.assert_array_equal(first.images, second.images)
   with zipfile.ZipFile(zpath, "a") as zf:
     zf.writestr("top/class4/0.jpg", _jpeg(np.zeros((30, 30, 3), np.uint8)))

@@ -26,7 +26,9 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
+import time
 import zlib
 from typing import Any, Callable
 
@@ -37,6 +39,11 @@ from fsl_jax.data.sources import ClassImages
 
 # Bumped when the decoding or the entry format changes, so old entries are never read.
 FORMAT = 1
+
+
+def say(msg: str, *args) -> None:
+  """A progress line on stderr (absl INFO is off in the binaries): where the cache went."""
+  print(time.strftime("%H:%M:%S ") + (msg % args if args else msg), file=sys.stderr, flush=True)
 
 
 def cache_dir(explicit: str | None = None) -> str | None:
@@ -131,14 +138,14 @@ def cached(name: str, fingerprint: Any, build: Callable[[], ClassImages],
   stem = os.path.join(where, f"{name}-{digest}")
   hit = _read(stem)
   if hit is not None:
-    logging.info("Loaded %s from the decoded-array cache %s.npy", name, stem)
+    say("Read %s from the decoded-array cache %s.npy", name, stem)
     return hit
   src = build()
   try:
     _write(stem, src, digest)
     _prune(where, name, stem)
-    logging.info("Wrote the decoded-array cache %s.npy (%.0f MB; FSL_JAX_NO_CACHE=1 turns it "
-                 "off)", stem, src.images.nbytes / 2**20)
+    say("Wrote the decoded-array cache %s.npy (%.0f MB; FSL_JAX_NO_CACHE=1 turns it off)",
+        stem, src.images.nbytes / 2**20)
   except OSError as err:  # a read-only or full disk costs the next run a decode, nothing else
     logging.warning("Could not write the decoded-array cache in %s (%s); set "
                     "config.data.cache_dir or FSL_JAX_CACHE_DIR to a writable folder.", where,

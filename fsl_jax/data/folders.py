@@ -339,7 +339,7 @@ def _decode_classes(root: str, selected: list[tuple[ImageFile, str]], size: int,
     src = ClassImages(out, counts.astype(np.int32), classes)
   else:  # skipped files leave holes: regroup the decoded ones
     src = ClassImages.from_flat(out[labels[kept], pos[kept]], labels[kept], classes)
-  logging.info("Decoded %d images of %s in %.1fs", len(src), root, time.time() - t0)
+  cache.say("Decoded %d images of %s in %.1fs", len(src), root, time.time() - t0)
   return src
 
 

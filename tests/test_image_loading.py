@@ -188,3 +188,30 @@ def test_the_registry_loads_folders_as_uint8_with_the_configured_cache(tmp_path,
   assert src.images.dtype == np.uint8
   assert len(list((tmp_path / "mine").glob("*.npy"))) == 1
   assert cache.cache_dir(str(tmp_path / "mine")) == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_process_and_thread_decoding_agree_and_report_bad_files(tmp_path, zipped):
+  # Large loads decode in forked processes (PROCESS_MIN_FILES), small ones in
+  # threads: the same pixels, and the same unreadable files named in order.
+  root = _folder(tmp_path / "data", per_class=3)
+  (root / "class2" / "1.jpg").write_bytes(b"not a jpeg")
+  path = root
+  if zipped:
+    path = tmp_path / "data.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+      for p in sorted(root.rglob("*.jpg")):
+        zf.write(p, str(p.relative_to(root)))
+  with folders.list_images(str(path)) as files:
+    runs = {}
+    for processes in (False, True):
+      out = np.zeros((len(files), 24, 24, 3), np.uint8)
+      kept = folders.decode_files(files, 24, skip_bad_images=True, out=out,
+                                  processes=processes)
+      runs[processes] = (out, kept)
+    np.testing.assert_array_equal(runs[True][0], runs[False][0])
+    np.testing.assert_array_equal(runs[True][1], runs[False][1])
+    assert list(np.flatnonzero(~runs[True][1])) == [7]  # class2/1.jpg
+    with pytest.raises(folders.UnreadableImage, match=r"class2/1.jpg.* does not decode"):
+      folders.decode_files(files, 24, out=np.zeros((len(files), 24, 24, 3), np.uint8),
+                           processes=True)

@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import multiprocessing
 import os
 import pathlib
 import time
@@ -253,67 +254,102 @@ def _float_resize(img_HxWxD: np.ndarray, size: int) -> np.ndarray:
 def decode_files(files: list[ImageFile], size: int, grayscale: bool = False,
                  skip_bad_images: bool = False, desc: str = "",
                  out: np.ndarray | None = None,
-                 slots: list[tuple[int, ...]] | None = None) -> np.ndarray:
+                 slots: list[tuple[int, ...]] | None = None,
+                 processes: bool | None = None) -> np.ndarray:
   """Decodes and resizes every file into `out`; returns kept [N] bool.
 
   Image i goes to `out[slots[i]]` (uint8; default slots: out[i], with `out`
-  a [N, size, size, D] array the caller passes to keep the images). A
-  thread pool decodes chunks of 64 files (Pillow releases the GIL while it
-  decodes and resizes); nothing is compiled. An unreadable file raises UnreadableImage
+  a [N, size, size, D] array the caller passes to keep the images). Chunks
+  of 64 files decode in forked worker processes, one per core, for loads of
+  PROCESS_MIN_FILES files or more (`processes`; None: by size), else in a
+  thread pool; nothing is compiled. An unreadable file raises UnreadableImage
   naming it, or with `skip_bad_images` is skipped (kept[i] = False) with one
   warning line each. Loads over ~5 s show a progress bar (files, images/s, ETA).
   """
   if out is None:
     out = np.zeros((len(files), size, size, 1 if grayscale else 3), np.uint8)
   slots = slots if slots is not None else [(i,) for i in range(len(files))]
-  # A .zip's members share one locked file handle: reading them from the
-  # workers cost 3x the CPU of reading them here, ahead of the decoders.
-  read_here = any(f.in_zip for f in files)
+  if processes is None:
+    processes = len(files) >= PROCESS_MIN_FILES and (os.cpu_count() or 1) > 1
+  # A .zip's members share one locked file handle (reading them from worker
+  # threads cost 3x the CPU), and forked workers cannot use it: read them
+  # here, ahead of the decoders. Folder files are read by the workers.
+  in_zip = any(f.in_zip for f in files)
 
-  def read(f: ImageFile) -> bytes | UnreadableImage:
+  def item(f: ImageFile) -> bytes | str | tuple[str, str]:
+    if not in_zip:
+      return f.where  # the path
     try:
       return f.read()
     except Exception as err:  # pylint: disable=broad-except  # bad zip CRC, I/O
-      return UnreadableImage(f.where, _reason(err))
-
-  def decode_chunk(lo: int, hi: int, blobs: list | None) -> list[tuple[int, UnreadableImage]]:
-    errors = []
-    for i in range(lo, hi):
-      data = blobs[i - lo] if blobs is not None else read(files[i])
-      if isinstance(data, UnreadableImage):
-        errors.append((i, data))
-        continue
-      try:
-        out[slots[i]] = decode_resize(data, files[i].where, size, grayscale)
-      except UnreadableImage as err:
-        errors.append((i, err))
-    return errors
+      return (f.where, _reason(err))
 
   skipper = _Skipper(skip_bad_images)
   kept = np.ones(len(files), bool)
-  workers = max(2, min(16, 2 * (os.cpu_count() or 1)))
-  chunk = 64  # ThreadPoolExecutor.map ignores chunksize: one task per 64 files
-  pending = collections.deque()  # (count, future); at most 2 * workers chunks in flight
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool, \
-      tqdm.tqdm(total=len(files), desc=desc or "decoding images", unit="img", delay=5,
-                mininterval=2, leave=False) as bar:
+  cores = os.cpu_count() or 1
+  if processes:  # forked like torch's DataLoader workers: no GIL between decoders
+    pool = concurrent.futures.ProcessPoolExecutor(
+        cores, mp_context=multiprocessing.get_context("fork"))
+    workers = cores
+  else:  # small loads: threads start at once (Pillow releases the GIL while decoding)
+    pool = concurrent.futures.ThreadPoolExecutor(max(2, min(16, 2 * cores)))
+    workers = 2 * cores
+  chunk = 64  # one task per 64 files (Executor.map ignores chunksize for threads)
+  pending = collections.deque()  # (lo, future); at most 2 * workers chunks in flight
+  with pool, tqdm.tqdm(total=len(files), desc=desc or "decoding images", unit="img", delay=5,
+                       mininterval=2, leave=False) as bar:
 
     def drain():
-      count, future = pending.popleft()
-      for i, err in future.result():  # errors in file order
-        skipper.failed(err)
-        kept[i] = False
-      bar.update(count)
+      lo, future = pending.popleft()
+      images, errors = future.result()
+      for j, (where, reason) in errors:  # in file order
+        skipper.failed(UnreadableImage(where, reason))
+        kept[lo + j] = False
+      for j in range(len(images)):
+        if kept[lo + j]:
+          out[slots[lo + j]] = images[j]
+      bar.update(len(images))
 
     for lo in range(0, len(files), chunk):
-      hi = min(lo + chunk, len(files))
-      blobs = [read(f) for f in files[lo:hi]] if read_here else None
-      pending.append((hi - lo, pool.submit(decode_chunk, lo, hi, blobs)))
+      batch = files[lo:lo + chunk]
+      pending.append((lo, pool.submit(_decode_chunk, [f.where for f in batch],
+                                      [item(f) for f in batch], size, grayscale)))
       if len(pending) > 2 * workers:
         drain()
     while pending:
       drain()
   return kept
+
+
+# Loads of at least this many files decode in forked processes (on more than
+# one core): on 2 cores, 16,000 64x64 JPEGs took 5.3 s in threads, where the
+# GIL serialises Pillow's per-image Python, against 3.1 s for torch's
+# DataLoader's two worker processes (BENCHMARKS.md, "Image loading").
+PROCESS_MIN_FILES = 512
+
+
+def _decode_chunk(wheres: list[str], items: list, size: int, grayscale: bool
+                  ) -> tuple[np.ndarray, list[tuple[int, tuple[str, str]]]]:
+  """(uint8 [n, size, size, D], [(j, (where, reason)) of the files that did not decode]).
+
+  An item is a file's bytes, its path, or (where, reason) when reading it
+  already failed. Module level and returning plain values, so it runs in a
+  forked worker as well as a thread.
+  """
+  images = np.zeros((len(items), size, size, 1 if grayscale else 3), np.uint8)
+  errors = []
+  for j, (where, it) in enumerate(zip(wheres, items)):
+    if isinstance(it, tuple):
+      errors.append((j, it))
+      continue
+    try:
+      images[j] = decode_resize(_read_bytes(it) if isinstance(it, str) else it, where, size,
+                                grayscale)
+    except UnreadableImage as err:
+      errors.append((j, (err.where, err.reason)))
+    except Exception as err:  # pylint: disable=broad-except  # reading a folder file
+      errors.append((j, (where, _reason(err))))
+  return images, errors
 
 
 def _decode_classes(root: str, selected: list[tuple[ImageFile, str]], size: int,

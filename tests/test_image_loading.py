@@ -97,6 +97,7 @@ def test_resize_matches_the_float_resize_within_stated_tolerances():
 def test_cached_and_fresh_arrays_are_identical_and_a_touched_file_rebuilds(tmp_path, cache_dir):
   root = _folder(tmp_path / "data")
   fresh = folders.load_image_folder(str(root), image_size=32)
+  cache.wait()  # entries are written in a background thread
   entries = sorted(p.name for p in cache_dir.iterdir())
   assert len(entries) == 2 and entries[0].endswith(".json") and entries[1].endswith(".npy")
   warm = folders.load_image_folder(str(root), image_size=32)
@@ -113,9 +114,11 @@ def test_cached_and_fresh_arrays_are_identical_and_a_touched_file_rebuilds(tmp_p
   changed = folders.load_image_folder(str(root), image_size=32)
   assert not isinstance(changed.images, np.memmap)
   assert changed.images[1, 0].max() == 0 and fresh.images[1, 0].max() > 0
+  cache.wait()
   assert len(list(cache_dir.iterdir())) == 2  # the stale entry was pruned
   # Another size is another entry; FSL_JAX_NO_CACHE=1 writes nothing.
   folders.load_image_folder(str(root), image_size=16)
+  cache.wait()
   assert len(list(cache_dir.iterdir())) == 4
   os.environ["FSL_JAX_NO_CACHE"] = "1"
   try:
@@ -129,6 +132,7 @@ def test_cached_and_fresh_arrays_are_identical_and_a_touched_file_rebuilds(tmp_p
 def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, cache_dir, caplog, damage):
   root = _folder(tmp_path / "data", per_class=2)
   fresh = folders.load_image_folder(str(root), image_size=24)
+  cache.wait()
   npy = next(cache_dir.glob("*.npy"))
   data = bytearray(npy.read_bytes())
   if damage == "truncate":
@@ -185,6 +189,7 @@ def test_the_registry_loads_folders_as_uint8_with_the_configured_cache(tmp_path,
                                    "skip_bad_images": False,
                                    "cache_dir": str(tmp_path / "mine")})
   src = registry.load_split(cfg, "train")
+  cache.wait()
   assert src.images.dtype == np.uint8
   assert len(list((tmp_path / "mine").glob("*.npy"))) == 1
   assert cache.cache_dir(str(tmp_path / "mine")) == str(tmp_path / "mine")

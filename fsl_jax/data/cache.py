@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from typing import Any, Callable
@@ -136,11 +137,40 @@ def cached(name: str, fingerprint: Any, build: Callable[[], ClassImages],
   digest = hashlib.sha256(json.dumps([FORMAT, name, fingerprint], sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
   stem = os.path.join(where, f"{name}-{digest}")
+  with _LOCK:
+    pending = _PENDING.get(stem)
+  if pending is not None:  # this process is still writing it
+    pending.join()
   hit = _read(stem)
   if hit is not None:
     say("Read %s from the decoded-array cache %s.npy", name, stem)
     return hit
   src = build()
+  # Written in a background thread: the caller trains (compiles) meanwhile
+  # instead of waiting for ~1 s of np.save per 300 MB. The entry appears
+  # atomically (json last); a later lookup of it in this process, and the
+  # interpreter's exit (a non-daemon thread), wait for the write.
+  writer = threading.Thread(target=_write_entry, args=(where, name, stem, src, digest),
+                            name=f"cache-write-{name}")
+  with _LOCK:
+    _PENDING[stem] = writer
+  writer.start()
+  return src
+
+
+_LOCK = threading.Lock()
+_PENDING: dict[str, threading.Thread] = {}
+
+
+def wait() -> None:
+  """Waits for every decoded-array cache write this process started."""
+  with _LOCK:
+    threads = list(_PENDING.values())
+  for t in threads:
+    t.join()
+
+
+def _write_entry(where: str, name: str, stem: str, src: ClassImages, digest: str) -> None:
   try:
     _write(stem, src, digest)
     _prune(where, name, stem)
@@ -150,4 +180,6 @@ def cached(name: str, fingerprint: Any, build: Callable[[], ClassImages],
     logging.warning("Could not write the decoded-array cache in %s (%s); set "
                     "config.data.cache_dir or FSL_JAX_CACHE_DIR to a writable folder.", where,
                     err.strerror or err)
-  return src
+  finally:
+    with _LOCK:
+      _PENDING.pop(stem, None)

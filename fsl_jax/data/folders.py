@@ -88,7 +88,7 @@ class ImageFile:
   where: str
   stamp: tuple[int, int]
   read: Callable[[], bytes]
-  in_zip: bool = False
+  path: str = ""  # a file on disk, which a worker process may open itself
 
 
 @contextlib.contextmanager
@@ -108,8 +108,7 @@ def list_images(root: str) -> Iterator[list[ImageFile]]:
         parts = tuple(p for p in info.filename.split("/") if p)
         if info.filename.lower().endswith(IMAGE_SUFFIXES) and _is_data(parts):
           files.append(ImageFile(parts, f"{info.filename} in {root}",
-                                 (info.file_size, info.CRC), functools.partial(zf.read, info),
-                                 in_zip=True))
+                                 (info.file_size, info.CRC), functools.partial(zf.read, info)))
       yield files
     return
   files = []
@@ -126,7 +125,7 @@ def list_images(root: str) -> Iterator[list[ImageFile]]:
         except OSError as err:  # a broken link
           raise DataError(f"Cannot read {path}: {err.strerror or err}.") from None
         files.append(ImageFile(prefix + (fname,), path, (st.st_size, st.st_mtime_ns),
-                               functools.partial(_read_bytes, path)))
+                               functools.partial(_read_bytes, path), path=path))
   files.sort(key=lambda f: f.parts)
   yield files
 
@@ -273,12 +272,11 @@ def decode_files(files: list[ImageFile], size: int, grayscale: bool = False,
     processes = len(files) >= PROCESS_MIN_FILES and (os.cpu_count() or 1) > 1
   # A .zip's members share one locked file handle (reading them from worker
   # threads cost 3x the CPU), and forked workers cannot use it: read them
-  # here, ahead of the decoders. Folder files are read by the workers.
-  in_zip = any(f.in_zip for f in files)
-
+  # (and any other in-memory source) here, ahead of the decoders. Files on
+  # disk are read by the workers.
   def item(f: ImageFile) -> bytes | str | tuple[str, str]:
-    if not in_zip:
-      return f.where  # the path
+    if f.path:
+      return f.path
     try:
       return f.read()
     except Exception as err:  # pylint: disable=broad-except  # bad zip CRC, I/O

@@ -7,7 +7,8 @@ these passes plus small heads, so when `benchmarks/meta_step.py
 --compare_torch` finds us slower on CPU, this says whether the convolutions
 themselves (XLA's CPU convolutions against PyTorch's oneDNN ones) account for
 it. Same weights (copied with `benchmarks/torch_resnet12.load_from_flax`),
-eval-mode BatchNorm, no dropout, float32, `--batch` images (80 = a 5-way
+eval-mode BatchNorm (`--train_bn`: batch statistics, as a training step
+uses), no dropout, float32, `--batch` images (80 = a 5-way
 1-shot 15-query episode); the loss of the backward pass is the sum of the
 features. Alternating rounds; medians.
 """
@@ -28,6 +29,8 @@ flags.DEFINE_integer("batch", 80, "Images per pass.")
 flags.DEFINE_integer("steps", 3, "Timed passes per round.")
 flags.DEFINE_integer("rounds", 3, "")
 flags.DEFINE_integer("threads", 0, "torch threads (0: the machine's cores).")
+flags.DEFINE_bool("train_bn", False, "BatchNorm in training mode (batch statistics), as in a "
+                  "meta-training step; default eval mode (running statistics).")
 
 
 def _time(fn, steps):
@@ -53,10 +56,16 @@ def main(argv):
   variables = ours.init(jax.random.PRNGKey(0), jnp.asarray(x[:2]), train=False)
   net = torch_resnet12.ResNet12(drop_rate=0.0).eval()
   torch_resnet12.load_from_flax(net, variables)
+  if FLAGS.train_bn:
+    net.train()
   xj, xt = jnp.asarray(x), torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
-  fwd = jax.jit(lambda v, a: ours.apply(v, a, train=False))
-  grad = jax.jit(jax.grad(lambda v, a: ours.apply(v, a, train=False).sum()))
+  if FLAGS.train_bn:  # batch statistics, the updated running ones returned (and dropped)
+    apply = lambda v, a: ours.apply(v, a, train=True, mutable=["batch_stats"])[0]
+  else:
+    apply = lambda v, a: ours.apply(v, a, train=False)
+  fwd = jax.jit(apply)
+  grad = jax.jit(jax.grad(lambda v, a: apply(v, a).sum()))
   jax_fwd = lambda: jax.block_until_ready(fwd(variables, xj))
   jax_bwd = lambda: jax.block_until_ready(grad(variables, xj))
 
@@ -77,7 +86,7 @@ def main(argv):
       rows[name].append(_time(fn, FLAGS.steps))
   med = {k: round(float(np.median(v)), 1) for k, v in rows.items()}
   print(json.dumps({
-      "model": FLAGS.model, "image_size": s, "batch": FLAGS.batch, **{f"{k}_ms": v
+      "model": FLAGS.model, "image_size": s, "batch": FLAGS.batch, "train_bn": FLAGS.train_bn, **{f"{k}_ms": v
                                                                      for k, v in med.items()},
       "ratio_fwd_jax_over_torch_speed": round(med["torch_fwd"] / med["jax_fwd"], 3),
       "ratio_fwd_bwd_jax_over_torch_speed": round(med["torch_fwd_bwd"] / med["jax_fwd_bwd"], 3),

@@ -1,7 +1,7 @@
-"""The episodic body shared by the natural-image configs (Tiny ImageNet, CIFAR-FS, mini-ImageNet).
+"""The episodic body every meta-learning config shares (Omniglot and the natural-image ones).
 
-Not an experiment itself: `protonet_tiny_imagenet.py` and its siblings call
-`base(...)` and change what their recipe changes. Variants are picked by
+Not an experiment itself: `protonet_omniglot.py`, `protonet_tiny_imagenet.py`
+and their siblings call `base(...)` and change what their recipe changes. Variants are picked by
 comma-separated words after ':' (`variants(arg, known)` checks them), e.g.
 `protonet_tiny_imagenet.py:cpu60,resnet12,aug`.
 
@@ -93,6 +93,36 @@ def base(dataset: str, image_size: int) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   return c
+
+
+SNELL_VARIANTS = ("resnet12", "aug", "5shot", "runlocal", "cpu60")
+
+
+def snell(dataset: str, image_size: int, arg: str | None) -> tuple[ml_collections.ConfigDict,
+                                                                    set[str]]:
+  """(config, variant words) of Snell et al.'s ProtoNet recipe on `dataset`.
+
+  Conv4 with higher-way training episodes (30-way 1-shot / 20-way 5-shot, 15
+  queries); `resnet12`: the ResNet-12 backbone with 5-way episodes (MetaOptNet,
+  FEAT); `aug`: the standard augmentation; `cpu60`: fewer ways and queries per
+  step (5 / 6 for ResNet-12, 20 / 5 for Conv4) and a cosine decay, the caller
+  setting the steps that fit the hour. `runlocal` is left to the caller (last).
+  """
+  words = variants(arg, SNELL_VARIANTS)
+  c = base(dataset, image_size)
+  shots = 5 if "5shot" in words else 1
+  c.train.ways, c.train.shots, c.train.queries = (20 if shots == 5 else 30), shots, 15
+  c.eval.shots = shots
+  if "resnet12" in words:
+    c.model = "resnet12"
+    c.model_kwargs.drop_rate = 0.1
+    c.train.ways = 5  # ResNet-12 episodes are 5-way (MetaOptNet, FEAT)
+  if "aug" in words:
+    c.train.augment = standard_augment(image_size)
+  if "cpu60" in words:
+    c.train.ways, c.train.queries = (5, 6) if "resnet12" in words else (20, 5)
+    c.optimizer.schedule = "cosine"
+  return c, words
 
 
 def runlocal(c: ml_collections.ConfigDict) -> None:

@@ -20,22 +20,10 @@ from experiments.configs import natural
 
 
 def get_config(arg: str | None = None):
-  words = natural.variants(arg, ("resnet12", "aug", "5shot", "runlocal", "cpu60"))
-  c = natural.base("mini_imagenet", 84)
+  c, words = natural.snell("mini_imagenet", 84, arg)
   c.data.imagenet_dir = ""   # an ImageNet train folder, with the split CSVs in data_dir
-  shots = 5 if "5shot" in words else 1
-  c.train.ways, c.train.shots, c.train.queries = (20 if shots == 5 else 30), shots, 15
-  c.eval.shots = shots
-  if "resnet12" in words:
-    c.model = "resnet12"
-    c.model_kwargs.drop_rate = 0.1
-    c.train.ways = 5
-  if "aug" in words:
-    c.train.augment = natural.standard_augment(84)
   if "cpu60" in words:
-    c.train.ways, c.train.queries = (5, 6) if "resnet12" in words else (20, 5)
     c.train.steps = 60 if "resnet12" in words else 700
-    c.optimizer.schedule = "cosine"
     c.log_every, c.checkpoint_every, c.val_every = 10, 100, 0
   if "runlocal" in words:
     natural.runlocal(c)

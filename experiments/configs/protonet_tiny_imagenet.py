@@ -22,23 +22,10 @@ from experiments.configs import natural
 
 
 def get_config(arg: str | None = None):
-  words = natural.variants(arg, ("resnet12", "aug", "5shot", "runlocal", "cpu60"))
-  c = natural.base("tiny_imagenet", 64)
-  shots = 5 if "5shot" in words else 1
-  c.train.ways, c.train.shots, c.train.queries = (20 if shots == 5 else 30), shots, 15
-  c.eval.shots = shots
-  if "resnet12" in words:
-    c.model = "resnet12"
-    c.model_kwargs.drop_rate = 0.1
-    c.train.ways = 5  # ResNet-12 episodes are 5-way (MetaOptNet, FEAT)
-  if "aug" in words:
-    c.train.augment = natural.standard_augment(64)
+  c, words = natural.snell("tiny_imagenet", 64, arg)
   if "cpu60" in words:
-    # Fits the hour on 2 cores (RESULTS.md has the measured steps/s): fewer
-    # ways and queries per step, a cosine decay over the steps that fit.
-    c.train.ways, c.train.queries = (5, 6) if "resnet12" in words else (20, 5)
+    # Fits the hour on 2 cores (RESULTS.md has the measured steps/s).
     c.train.steps = 150 if "resnet12" in words else 2200
-    c.optimizer.schedule = "cosine"
     c.log_every = 10 if "resnet12" in words else 50
     c.checkpoint_every, c.val_every, c.val_episodes = 100, 0, 0
   if "runlocal" in words:

@@ -30,9 +30,9 @@ import numpy as np
 from PIL import Image
 
 from fsl_jax.data import cache
-from fsl_jax.data.sources import ClassImages, DataError
+from fsl_jax.data.sources import CLASS_SPLITS, ClassImages, DataError, class_split
 
-SPLITS = ("train", "val", "test", "trainval")
+SPLITS = CLASS_SPLITS
 
 # CIFAR-100's 20 superclasses (coarse labels 0..19, in this order) and their
 # five classes each, as on https://www.cs.toronto.edu/~kriz/cifar.html.
@@ -91,8 +91,6 @@ FC100_TEST = ("aquatic_mammals", "insects", "medium_mammals", "people")
 
 def split_classes(dataset: str, split: str) -> tuple[str, ...]:
   """The fine-label names of `split` (train, val, test, trainval) of cifar_fs or fc100."""
-  if split not in SPLITS:
-    raise DataError(f"Unknown {dataset} split {split!r}; choose one of {', '.join(SPLITS)}.")
   if dataset == "cifar_fs":
     parts = {"train": CIFAR_FS_TRAIN, "val": CIFAR_FS_VAL, "test": CIFAR_FS_TEST}
   elif dataset == "fc100":
@@ -101,8 +99,7 @@ def split_classes(dataset: str, split: str) -> tuple[str, ...]:
              "test": by_super(FC100_TEST)}
   else:
     raise DataError(f"Unknown CIFAR-100 few-shot dataset {dataset!r}; choose cifar_fs or fc100.")
-  names = parts["train"] + parts["val"] if split == "trainval" else parts[split]
-  return tuple(sorted(names))
+  return tuple(sorted(class_split(dataset, split, parts)))
 
 
 def resize_uint8(images_NxHxWxD: np.ndarray, size: int, grayscale: bool = False) -> np.ndarray:

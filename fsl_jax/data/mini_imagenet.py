@@ -52,9 +52,10 @@ import numpy as np
 
 from fsl_jax.data import cache, folders
 from fsl_jax.data.cifar import resize_uint8
-from fsl_jax.data.sources import ClassImages, DataError, read_text, text_lines
+from fsl_jax.data.sources import (CLASS_SPLITS, ClassImages, DataError, class_split, read_text,
+                                  text_lines)
 
-SPLITS = ("train", "val", "test", "trainval")
+SPLITS = CLASS_SPLITS
 DEFAULT_IMAGE_SIZE = 84
 RAVI_CSVS = "https://github.com/twitter/meta-learning-lstm/tree/master/data/miniImagenet"
 TIERED_SOURCE = "https://github.com/renmengye/few-shot-ssl-public (tiered-imagenet.tar)"
@@ -89,11 +90,8 @@ TEST_WNIDS = (
 
 def split_wnids(split: str) -> tuple[str, ...]:
   """The mini-ImageNet wnids of `split` (train, val, test or trainval)."""
-  if split not in SPLITS:
-    raise DataError(f"Unknown mini_imagenet split {split!r}; choose one of {', '.join(SPLITS)}.")
-  if split == "trainval":
-    return tuple(sorted(TRAIN_WNIDS + VAL_WNIDS))
-  return {"train": TRAIN_WNIDS, "val": VAL_WNIDS, "test": TEST_WNIDS}[split]
+  return class_split("mini_imagenet", split,
+                     {"train": TRAIN_WNIDS, "val": VAL_WNIDS, "test": TEST_WNIDS})
 
 
 def _parts(split: str) -> tuple[str, ...]:

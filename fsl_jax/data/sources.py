@@ -40,6 +40,22 @@ def read_text(path: str) -> str:
                     "file as UTF-8.") from None
 
 
+# The class splits of the few-shot benchmarks (trainval = train + val classes).
+CLASS_SPLITS = ("train", "val", "test", "trainval")
+
+
+def class_split(dataset: str, split: str, parts: dict) -> tuple:
+  """The classes of `split` in `parts` ({'train', 'val', 'test'} -> classes);
+  'trainval' is the sorted union of train and val. An unknown split is a
+  DataError naming the splits."""
+  if split not in CLASS_SPLITS:
+    raise DataError(f"Unknown {dataset} split {split!r}; choose one of "
+                    f"{', '.join(CLASS_SPLITS)}.")
+  if split == "trainval":
+    return tuple(sorted(parts["train"] + parts["val"]))
+  return parts[split]
+
+
 def text_lines(text: str) -> list[str]:
   """Lines split like Python's text files (\\n, \\r\\n or \\r), without their ends."""
   lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")

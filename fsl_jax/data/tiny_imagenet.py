@@ -29,9 +29,10 @@ import zipfile
 from absl import logging
 
 from fsl_jax.data import folders
-from fsl_jax.data.sources import ClassImages, DataError, read_text, text_lines
+from fsl_jax.data.sources import (CLASS_SPLITS, ClassImages, DataError, class_split, read_text,
+                                  text_lines)
 
-SPLITS = ("train", "val", "test", "trainval")
+SPLITS = CLASS_SPLITS
 DEFAULT_IMAGE_SIZE = 64
 DOWNLOAD = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 _TOP = "tiny-imagenet-200"
@@ -81,11 +82,8 @@ TEST_WNIDS = (
 
 def split_wnids(split: str) -> tuple[str, ...]:
   """The wnids of `split` (train, val, test or trainval)."""
-  if split not in SPLITS:
-    raise DataError(f"Unknown tiny_imagenet split {split!r}; choose one of {', '.join(SPLITS)}.")
-  if split == "trainval":
-    return tuple(sorted(TRAIN_WNIDS + VAL_WNIDS))
-  return {"train": TRAIN_WNIDS, "val": VAL_WNIDS, "test": TEST_WNIDS}[split]
+  return class_split("tiny_imagenet", split,
+                     {"train": TRAIN_WNIDS, "val": VAL_WNIDS, "test": TEST_WNIDS})
 
 
 def find_root(data_dir: str) -> str:

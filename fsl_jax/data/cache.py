@@ -11,7 +11,9 @@ or, when both files are there and whole, reads them back instead. The
 fingerprint is whatever identifies the result: for a folder, the file list
 with each file's size and modification time and the image size, so a
 changed, added or removed file (or another size) is a different entry. The
-json is written last and holds the array's shape, dtype and CRC-32, so a
+json is written last and holds the array's shape, dtype and checksum (xxHash
+XXH3-64 of every byte: 1.6 ms for NEU-DET's 28 MB where zlib's CRC-32 took
+7.7, the largest part of a warm load), so a
 truncated or corrupt entry is detected, reported in one warning line and
 rebuilt, never trusted. Older entries of the same name are removed when a
 new one is written.
@@ -30,16 +32,16 @@ import sys
 import tempfile
 import threading
 import time
-import zlib
 from typing import Any, Callable
 
 from absl import logging
 import numpy as np
+import xxhash
 
 from fsl_jax.data.sources import ClassImages
 
 # Bumped when the decoding or the entry format changes, so old entries are never read.
-FORMAT = 1
+FORMAT = 2  # 2: XXH3-64 checksum (1: CRC-32)
 
 
 def say(msg: str, *args) -> None:
@@ -60,12 +62,14 @@ def slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "data"
 
 
-def _crc(images: np.ndarray) -> int:
+def _checksum(images: np.ndarray) -> str:
+  """XXH3-64 of the array's bytes in C order, as hex."""
+  h = xxhash.xxh3_64()
   flat = images.reshape(-1).view(np.uint8) if images.size else images.reshape(-1)
-  crc, step = 0, 1 << 26
+  step = 1 << 26
   for i in range(0, flat.size, step):
-    crc = zlib.crc32(memoryview(np.ascontiguousarray(flat[i:i + step])), crc)
-  return crc
+    h.update(np.ascontiguousarray(flat[i:i + step]))
+  return h.hexdigest()
 
 
 def _read(stem: str) -> ClassImages | None:
@@ -79,7 +83,7 @@ def _read(stem: str) -> ClassImages | None:
     problem = None
     if list(images.shape) != meta["shape"] or str(images.dtype) != meta["dtype"]:
       problem = f"array {images.shape} {images.dtype}, expected {meta['shape']} {meta['dtype']}"
-    elif _crc(images) != meta["crc32"]:
+    elif meta.get("format") != FORMAT or _checksum(images) != meta["xxh3_64"]:
       problem = "checksum mismatch"
     if problem is None:
       return ClassImages(images, np.asarray(meta["counts"], np.int32), meta["class_names"],
@@ -103,7 +107,7 @@ def _write(stem: str, src: ClassImages, fingerprint_hash: str) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
   meta = {"format": FORMAT, "fingerprint": fingerprint_hash, "shape": list(images.shape),
-          "dtype": str(images.dtype), "crc32": _crc(images),
+          "dtype": str(images.dtype), "xxh3_64": _checksum(images),
           "counts": [int(c) for c in src.counts], "class_names": list(src.class_names),
           "groups": None if src.groups is None else list(src.groups)}
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")

@@ -116,6 +116,8 @@ def snell(dataset: str, image_size: int, arg: str | None) -> tuple[ml_collection
   if "resnet12" in words:
     c.model = "resnet12"
     c.model_kwargs.drop_rate = 0.1
+    if c.learner == "protonet":
+      c.learner_kwargs.temperature = 64.0  # FEAT's ResNet-12 ProtoNet (see meta/protonet.py)
     c.train.ways = 5  # ResNet-12 episodes are 5-way (MetaOptNet, FEAT)
   if "aug" in words:
     c.train.augment = standard_augment(image_size)

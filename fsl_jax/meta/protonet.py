@@ -28,15 +28,27 @@ def sq_euclidean(a_QxD: jax.Array, b_NxD: jax.Array) -> jax.Array:
   return jnp.maximum(d, 0.0)
 
 
-def protonet_logits(support_SxD, support_y_S, query_QxD, ways: int) -> jax.Array:
-  return -sq_euclidean(query_QxD, prototypes(support_SxD, support_y_S, ways))
+def protonet_logits(support_SxD, support_y_S, query_QxD, ways: int,
+                    temperature: float = 1.0) -> jax.Array:
+  d = sq_euclidean(query_QxD, prototypes(support_SxD, support_y_S, ways))
+  return -d if temperature == 1.0 else -d / temperature
 
 
 @base.register("protonet")
 @dataclasses.dataclass(frozen=True)
 class ProtoNet(metric.MetricLearner):
   name: str = "protonet"
+  # Divides the squared distances. 1 is Snell et al.'s (Conv4); wide
+  # embeddings such as ResNet-12's 640-d average pool give distances in the
+  # hundreds, whose softmax saturates from the first step (loss ~60 at step
+  # 50 on Tiny ImageNet), and FEAT's ResNet-12 ProtoNet divides by 64.
+  temperature: float = 1.0
+
+  def __post_init__(self):
+    if not self.temperature > 0:
+      raise ValueError(f"protonet temperature={self.temperature}: it divides distances, "
+                       "use a positive value (1: Snell et al., 64: FEAT's ResNet-12).")
 
   def query_logits(self, head, support_SxD, support_y_S, query_QxD, ways):
     del head
-    return protonet_logits(support_SxD, support_y_S, query_QxD, ways)
+    return protonet_logits(support_SxD, support_y_S, query_QxD, ways, self.temperature)

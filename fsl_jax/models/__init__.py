@@ -36,3 +36,5 @@ def names() -> list[str]:
 from fsl_jax.models import conv4  # noqa: E402,F401  (registers itself)
 from fsl_jax.models import resnet12  # noqa: E402,F401
 from fsl_jax.models import wrn  # noqa: E402,F401
+from fsl_jax.models import mobilenet  # noqa: E402,F401
+from fsl_jax.models import efficientnet  # noqa: E402,F401

@@ -91,3 +91,23 @@ class MetricLearner:
   def predict(self, variables, episode, key=None):
     del key
     return self.logits(variables, episode, train=False)[0]
+
+  # ------------------------------------------------------------- evaluation
+
+  def embeds_each_image_alone(self) -> bool:
+    """Whether `predict` embeds every image on its own (eval-mode backbone,
+    then `query_logits` on the embeddings), so that an evaluation may embed
+    each image of a split once instead of once per episode it appears in.
+    A subclass that overrides `logits` or `predict` (an episode-level
+    transform, transductive statistics) is not assumed to."""
+    cls = type(self)
+    return cls.logits is MetricLearner.logits and cls.predict is MetricLearner.predict
+
+  def embed_images(self, variables, x_BxHxWxD: jax.Array) -> jax.Array:
+    """[B, D] eval-mode embeddings, as `predict` computes them."""
+    return embedding.embed(self.model, self.backbone_variables(variables), x_BxHxWxD,
+                           train=False)[0]
+
+  def logits_from_embeddings(self, variables, support_SxD, support_y_S, query_QxD, ways):
+    """`predict`'s [Q, N] logits from the episode's embeddings."""
+    return self.query_logits(self.head(variables), support_SxD, support_y_S, query_QxD, ways)

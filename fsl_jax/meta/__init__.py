@@ -10,3 +10,5 @@ from fsl_jax.meta import baseline  # noqa: F401
 from fsl_jax.meta import matchingnet  # noqa: F401
 from fsl_jax.meta import r2d2  # noqa: F401
 from fsl_jax.meta import metaopt  # noqa: F401
+from fsl_jax.meta import simpleshot  # noqa: F401
+from fsl_jax.meta import logreg  # noqa: F401

@@ -12,9 +12,9 @@ ordinary backbone of [0, 1] images:
   1. one-channel images are repeated to RGB (Omniglot, X-rays);
   2. resized to size x size, bilinear (antialiased when shrinking,
      `jax.image.resize`); nothing happens at that size already. The whole
-     image is resized, not centre-cropped (torchvision's Resize(256) +
-     CenterCrop(224) is for full-size photos; few-shot images are small and
-     already cropped to their object);
+     image is resized, not centre-cropped as torchvision's Resize(256) +
+     CenterCrop(224) does to full-size photos (a crop would drop a quarter
+     of a 64x64 image; the two were not compared here);
   3. scaled to 0..255, minus `mean`, over `std` (per channel, 0..255 scale);
   4. the backbone, whose variables nest under 'backbone'.
 

@@ -120,7 +120,17 @@ def test_four_devices_match_one(tmp_path):
   w1, w4 = (Checkpointer(tmp_path / d / "checkpoints").restore_raw()[0]["state"]["params"]
             for d in ("one", "four"))
   flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
-  np.testing.assert_allclose(flat(w4), flat(w1), rtol=1e-4, atol=1e-5)  # 1e-6 seen
+  # The two partitionings reduce the BatchNorm statistics and the gradient
+  # in different orders; 30 SGD steps at lr 0.1 amplify that rounding in the
+  # first conv blocks' kernels and BatchNorm parameters. Measured: 1e-6 on
+  # the machine that wrote this test; 1 of 1,896 weights off by 1.6e-3
+  # relative on an AVX-512/AMX Xeon; on the 2-core AMD EPYC (AVX-512) VM of
+  # 2026-12-02 448 of 1,896 off, at most 6.5e-4 absolute (weights ~0.1-0.3),
+  # the same in every run and with the previous session's code, while every
+  # logged loss still agrees to 1e-5 relative (above). The bound is 3x that
+  # spread; a partitioning bug (a device using its own gradient, a wrong
+  # mean) moves the losses and the weights by the size of the updates.
+  np.testing.assert_allclose(flat(w4), flat(w1), rtol=1e-4, atol=2e-3)
   # The final test accuracy counts argmax hits over 10 episodes x 75 queries;
   # float noise may flip a near-tied prediction.
   np.testing.assert_allclose(last_json(four)["accuracy"], last_json(one)["accuracy"],

@@ -168,14 +168,12 @@ def evaluate_pretrained():
   source = data_registry.load_split(data_cfg, split)
   spec = builders.spec_from({"ways": FLAGS.ways or 5, "shots": FLAGS.shots or 1,
                              "queries": FLAGS.queries or 15})
-  # Evaluator reads its block size when built: 512 224x224 images through
-  # EfficientNet-Lite0 peak at ~5.3 GB and run at 56 ms/image, 64 at ~1 GB and
-  # 24 ms/image (2 CPU cores).
-  evaluation.IMAGES_PER_CALL = FLAGS.images_per_call
+  # 512 224x224 images per call through EfficientNet-Lite0 peak at ~5.3 GB and
+  # run at 56 ms/image, 64 at ~1 GB and 24 ms/image (2 CPU cores).
   ev = evaluation.Evaluator(learner, source, spec,
                             FLAGS.episodes if FLAGS.episodes is not None else 1000,
                             FLAGS.seed if FLAGS.seed is not None else 0, split=split,
-                            embed_once=True)
+                            embed_once=True, images_per_call=FLAGS.images_per_call)
   result = ev(variables)
   saw = pretrained.saw_classes(facts["pretrained_on"], FLAGS.dataset, source.class_names,
                                [wnid for wnid, _ in pretrained.imagenet_classes()])
@@ -217,26 +215,9 @@ def parse_method_kwargs(cls, method: str, items) -> dict:
   import dataclasses  # pylint: disable=g-import-not-at-top
   known = {f.name: f.default for f in dataclasses.fields(cls)
            if isinstance(f.default, (bool, int, float, str)) and f.name not in ("name", "model")}
-  out = {}
-  for item in items:
-    name, sep, text = item.partition("=")
-    if not sep or name not in known:
-      raise ValueError(f"--learner_kwarg={item}: use NAME=VALUE with NAME one of "
-                       f"{sorted(known)} (the options of --method={method}).")
-    old = known[name]
-    if isinstance(old, bool):
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"{method} option {name} is a bool; got {text!r}, use true or false.")
-      out[name] = text.lower() in ("true", "1")
-    elif isinstance(old, (int, float)):
-      try:
-        out[name] = type(old)(text)
-      except ValueError:
-        kind = "an integer" if isinstance(old, int) else "a number"
-        raise ValueError(f"{method} option {name} takes {kind}; got {text!r}.") from None
-    else:
-      out[name] = text
-  return out
+  from fsl_jax.train import restore  # pylint: disable=g-import-not-at-top
+  return restore.parse_typed_options(known, items, lambda item: f"--learner_kwarg={item}",
+                                     method, f"the options of --method={method}")
 
 
 FOLDER_DATASETS = ("image_folder", "omniglot_folder")

@@ -59,24 +59,35 @@ def parse_learner_kwargs(config, items) -> dict:
   Only options the saved config has can change (a typo must not evaluate
   silently with the trained setting).
   """
-  known = dict(config.get("learner_kwargs", {}))
+  return parse_typed_options(dict(config.get("learner_kwargs", {})), items,
+                             lambda item: f"learner option {item!r}", "learner",
+                             "the learner's options in the saved config")
+
+
+def parse_typed_options(known: dict, items, item_label, subject: str, where: str) -> dict:
+  """{name: value} from "NAME=VALUE" strings, each typed like `known[name]`.
+
+  An unknown NAME is refused naming `item_label(item)` and the known names
+  (`where` says whose they are); a value that does not parse as its
+  default's type is refused naming "`subject` option NAME".
+  """
   out = {}
   for item in items:
     name, sep, text = item.partition("=")
     if not sep or name not in known:
-      raise ValueError(f"learner option {item!r}: use NAME=VALUE with NAME one of "
-                       f"{sorted(known)} (the learner's options in the saved config).")
+      raise ValueError(f"{item_label(item)}: use NAME=VALUE with NAME one of "
+                       f"{sorted(known)} ({where}).")
     old = known[name]
     if isinstance(old, bool):
       if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"learner option {name} is a bool; got {text!r}, use true or false.")
+        raise ValueError(f"{subject} option {name} is a bool; got {text!r}, use true or false.")
       out[name] = text.lower() in ("true", "1")
     elif isinstance(old, (int, float)):
       try:
         out[name] = type(old)(text)
       except ValueError:
         kind = "an integer" if isinstance(old, int) else "a number"
-        raise ValueError(f"learner option {name} takes {kind}; got {text!r}.") from None
+        raise ValueError(f"{subject} option {name} takes {kind}; got {text!r}.") from None
     else:
       out[name] = text
   return out

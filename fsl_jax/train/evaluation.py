@@ -38,7 +38,8 @@ class Evaluator:
 
   def __init__(self, learner, source: ClassImages, spec: EpisodeSpec, episodes: int = 1000,
                seed: int = 0, rotations: bool = False, split: str = "test",
-               batching: str = "auto", embed_once: bool | None = None):
+               batching: str = "auto", embed_once: bool | None = None,
+               images_per_call: int = 0):
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
       raise ValueError(f"episodes={episodes!r}: evaluate on at least 1 episode.")
     self.spec, self.episodes, self.split = spec, episodes, split
@@ -50,7 +51,7 @@ class Evaluator:
                        "own (or rotations are on); evaluate with embed_once=None.")
     self.embed_once = alone if embed_once is None else embed_once
     if self.embed_once:
-      self._build_embedded(learner, base)
+      self._build_embedded(learner, base, images_per_call or IMAGES_PER_CALL)
       return
     one = self.sampler.sample_fn()
     self.chunk = chunk = min(episode_chunk(spec), episodes)
@@ -75,13 +76,13 @@ class Evaluator:
 
     self.compiled = jax.jit(accuracies)
 
-  def _build_embedded(self, learner, base: jax.Array) -> None:
+  def _build_embedded(self, learner, base: jax.Array, images_per_call: int) -> None:
     """The embed-once programs: embed a block of images; accuracies of episodes over embeddings."""
     spec = self.spec
     images = self.sampler.images
     num_c, max_m = images.shape[:2]
     total = num_c * max_m
-    self.block = block = min(total, IMAGES_PER_CALL)
+    self.block = block = min(total, images_per_call)
 
     def embed_block(variables, images, start):
       flat = images.reshape((total,) + images.shape[2:])
@@ -132,7 +133,8 @@ class Evaluator:
     }
 
 
-# Images per backbone call when a split is embedded once, and episodes per
+# Images per backbone call when a split is embedded once (the default of
+# Evaluator's `images_per_call`), and episodes per
 # call over its embeddings (each episode is then a gather and a head).
 IMAGES_PER_CALL = 512
 EMBEDDED_EPISODES_PER_CALL = 250

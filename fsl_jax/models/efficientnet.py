@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax import models
-from fsl_jax.models import layers
 from fsl_jax.models import mobilenet
 from fsl_jax.models import torch_weights as tw
 
@@ -86,14 +85,7 @@ class EfficientNetLite0(nn.Module):
       x = mobilenet.InvertedResidual(c, t, k, s, "same", BN_EPSILON, BN_MOMENTUM, self.impl,
                                      name=f"block{i}")(x, train)
     x = nn.relu6(norm(mobilenet.conv1x1(HEAD, "head_conv")(x), "head_bn"))
-    x = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is not None:
-      self.sow("intermediates", "features", x)
-      if self.dropout:
-        layers.check_dropout_rng(self, train, (self.dropout,))
-      x = nn.Dropout(self.dropout)(x, deterministic=not train)
-      x = nn.Dense(self.num_classes, name="classifier")(x)
-    return x
+    return mobilenet.pooled_head(self, x, train)
 
 
 def torch_entries(model: EfficientNetLite0) -> list[tw.Entry]:

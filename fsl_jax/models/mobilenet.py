@@ -88,6 +88,22 @@ def _xla_conv(x, w, stride: int, padding: str, groups: int = 1):
                                       feature_group_count=groups)
 
 
+def pooled_head(module: nn.Module, x_BxHxWxC, train: bool):
+  """Global average; with `module.num_classes`, features sown as ('intermediates',
+  'features') then dropout (`module.dropout`) and the 'classifier' Dense.
+
+  Called inside `module`'s compact __call__ (MobileNetV2, EfficientNet-Lite0).
+  """
+  x = jnp.mean(x_BxHxWxC, axis=(1, 2))
+  if module.num_classes is None:
+    return x
+  module.sow("intermediates", "features", x)
+  if module.dropout:
+    layers.check_dropout_rng(module, train, (module.dropout,))
+  x = nn.Dropout(module.dropout)(x, deterministic=not train)
+  return nn.Dense(module.num_classes, name="classifier")(x)
+
+
 class Conv(nn.Module):
   """A KxK conv without bias, 'torch' or TF 'same' padding; im2col matmul on CPU."""
   features: int
@@ -204,14 +220,7 @@ class MobileNetV2(nn.Module):
     for i, (t, c, s) in enumerate(block_specs(self.width_mult)):
       x = InvertedResidual(c, t, 3, s, "torch", 1e-5, 0.9, self.impl, name=f"block{i}")(x, train)
     x = nn.relu6(norm(conv1x1(last, "head_conv")(x), "head_bn"))
-    x = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is not None:
-      self.sow("intermediates", "features", x)
-      if self.dropout:
-        layers.check_dropout_rng(self, train, (self.dropout,))
-      x = nn.Dropout(self.dropout)(x, deterministic=not train)
-      x = nn.Dense(self.num_classes, name="classifier")(x)
-    return x
+    return pooled_head(self, x, train)
 
 
 def _bn(prefix: str, path: tuple[str, ...]) -> list[tw.Entry]:

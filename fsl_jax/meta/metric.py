@@ -71,6 +71,18 @@ class MetricLearner:
       return variables
     return {**variables, "params": variables["params"]["backbone"]}
 
+  def replace_backbone_params(self, variables, backbone_params):
+    """`variables` with the backbone's params replaced (the inverse of `backbone_variables`)."""
+    if self.head_key is None:
+      return {**variables, "params": backbone_params}
+    return {**variables, "params": {**variables["params"], "backbone": backbone_params}}
+
+  def with_backbone_variables(self, variables, backbone_variables):
+    """`variables` with all the backbone's collections replaced by `backbone_variables`
+    (e.g. pretrained weights); the head's params stay."""
+    out = {**variables, **{k: v for k, v in backbone_variables.items() if k != "params"}}
+    return self.replace_backbone_params(out, backbone_variables["params"])
+
   def head(self, variables) -> Params:
     return {} if self.head_key is None else variables["params"][self.head_key]
 

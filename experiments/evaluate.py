@@ -28,6 +28,15 @@ mean). Each image of the split is embedded once (fsl_jax.train.evaluation).
         --ways=5 --shots=1 [--queries=15 --episodes=1000 --split=test] \
         [--method=simpleshot|logreg|protonet] [--learner_kwarg=c=0.5]
 
+`--method=finetune` is P>M>F's test-time fine-tuning (fsl_jax.meta.finetune:
+SGD steps on each episode's augmented support set, then prototypes), with
+`--model` or on a `--workdir` of a ProtoNet-family run (protonet, finetune,
+simpleshot, logreg: the same weights under another rule), e.g. the
+meta-trained checkpoint of experiments/configs/pmf.py:
+
+    python -m experiments.evaluate --workdir=DIR --method=finetune \
+        --learner_kwarg=lr=0.01 --learner_kwarg=steps=50 --shots=1 --episodes=1000
+
 Images reach the model in [0, 1] at the dataset's size (folders load at the
 model's input size, 224) and are resized and normalised as the weight file
 expects inside the model (`pretrained.Pretrained`). The JSON line adds
@@ -73,17 +82,20 @@ flags.DEFINE_string("model", None, "Evaluate this pretrained backbone, frozen, w
                     "backbone with --weights=random.")
 flags.DEFINE_string("weights", None, "With --model: its weight file (default: the installed "
                     "package's, for efficientnet_lite0), or 'random'.")
-flags.DEFINE_string("method", None, "With --model: how an episode is classified from its "
-                    "features: simpleshot (default), logreg or protonet.")
+flags.DEFINE_string("method", None, "How an episode is classified from the backbone's features: "
+                    "simpleshot (default with --model), logreg, protonet, or finetune (P>M>F: "
+                    "SGD steps on each support set first). With --workdir: evaluate a ProtoNet-"
+                    "family checkpoint with another of these; --learner_kwarg then sets its options.")
 flags.DEFINE_integer("image_size", None, "With --model: the model's input size (default: its "
                      "weight file's, 224; a smaller one is faster and less accurate).")
 flags.DEFINE_integer("images_per_call", 64, "With --model: images per backbone call when the "
                      "split is embedded (bounds memory: 512 224x224 images take ~5 GB through "
                      "EfficientNet-Lite0).")
 
-# Classifiers of frozen features (learners without meta-parameters).
-METHODS = ("simpleshot", "logreg", "protonet")
-PRETRAINED_ONLY = ("method", "weights", "image_size")
+# Classifiers of a backbone's features (learners without parameters of their
+# own): a frozen pretrained backbone's, or a metric learner checkpoint's.
+METHODS = ("simpleshot", "logreg", "protonet", "finetune")
+PRETRAINED_ONLY = ("weights", "image_size")
 WORKDIR_ONLY = ("step",)
 
 
@@ -106,6 +118,8 @@ def main(argv):
                      "model, weights and learner are its own: drop them.")
   if FLAGS.model is not None:
     check_pretrained_flags()
+  elif FLAGS.method is not None:
+    check_method()
   from fsl_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
   from fsl_jax.train import builders, evaluation, loop, restore  # pylint: disable=g-import-not-at-top
 
@@ -118,13 +132,16 @@ def main(argv):
   # Checked before any work: the result is appended to WORKDIR/results.jsonl
   # before it is printed, so nothing is printed that was not recorded.
   workdir = loop.check_writable_dir(FLAGS.workdir)
-  cfg, learner, variables, step = restore.load_for_eval(workdir, FLAGS.step, FLAGS.learner_kwarg)
+  cfg, learner, variables, step = restore.load_for_eval(workdir, FLAGS.step, FLAGS.learner_kwarg,
+                                                       FLAGS.method)
   ev = cfg.eval
   pick = lambda flag, default: default if flag is None else flag
   split = pick(FLAGS.split, ev.split)
   spec = builders.spec_from({"ways": pick(FLAGS.ways, ev.ways), "shots": pick(FLAGS.shots, ev.shots),
                              "queries": pick(FLAGS.queries, ev.queries)})
   extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
+  if FLAGS.method:
+    extra["method"] = FLAGS.method
   if FLAGS.dataset or FLAGS.data_dir:
     data_cfg, split = cross_domain(cfg, restore.load_meta(workdir), FLAGS.dataset,
                                    FLAGS.data_dir, FLAGS.split)
@@ -149,11 +166,11 @@ def evaluate_pretrained():
   from fsl_jax import meta  # pylint: disable=g-import-not-at-top
   from fsl_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
   from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  from fsl_jax.train import builders, evaluation  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import builders, evaluation, restore  # pylint: disable=g-import-not-at-top
 
   start = time.time()
   method = FLAGS.method or "simpleshot"
-  kwargs = parse_method_kwargs(meta.LEARNERS.get(method), method, FLAGS.learner_kwarg)
+  kwargs = restore.parse_method_kwargs(meta.LEARNERS.get(method), method, FLAGS.learner_kwarg)
   data_registry.DATASETS.get(FLAGS.dataset)  # an unknown dataset is refused before any work
 
   model, variables, facts = pretrained.load_backbone(FLAGS.model, FLAGS.weights,
@@ -173,7 +190,7 @@ def evaluate_pretrained():
   ev = evaluation.Evaluator(learner, source, spec,
                             FLAGS.episodes if FLAGS.episodes is not None else 1000,
                             FLAGS.seed if FLAGS.seed is not None else 0, split=split,
-                            embed_once=True, images_per_call=FLAGS.images_per_call)
+                            images_per_call=FLAGS.images_per_call)
   result = ev(variables)
   saw = pretrained.saw_classes(facts["pretrained_on"], FLAGS.dataset, source.class_names,
                                [wnid for wnid, _ in pretrained.imagenet_classes()])
@@ -200,24 +217,18 @@ def check_pretrained_flags():
     raise ValueError(f"--image_size={FLAGS.image_size}: use at least 8 (224 for the weights).")
   if FLAGS.images_per_call < 1:
     raise ValueError(f"--images_per_call={FLAGS.images_per_call} must be at least 1.")
+  check_method()
+
+
+def check_method():
   method = FLAGS.method or "simpleshot"
   if method not in METHODS:
     import difflib  # pylint: disable=g-import-not-at-top
     close = difflib.get_close_matches(method, METHODS, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ValueError(f"--method={method}: {hint}A frozen backbone is evaluated with "
+    raise ValueError(f"--method={method}: {hint}A backbone's features are classified with "
                      f"{' / '.join(METHODS)}; other learners have parameters that need training "
                      "(experiments.meta_train, then --workdir).")
-
-
-def parse_method_kwargs(cls, method: str, items) -> dict:
-  """{name: value} from "NAME=VALUE" strings, typed like the learner's own default."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  known = {f.name: f.default for f in dataclasses.fields(cls)
-           if isinstance(f.default, (bool, int, float, str)) and f.name not in ("name", "model")}
-  from fsl_jax.train import restore  # pylint: disable=g-import-not-at-top
-  return restore.parse_typed_options(known, items, lambda item: f"--learner_kwarg={item}",
-                                     method, f"the options of --method={method}")
 
 
 FOLDER_DATASETS = ("image_folder", "omniglot_folder")

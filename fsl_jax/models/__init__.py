@@ -38,3 +38,5 @@ from fsl_jax.models import resnet12  # noqa: E402,F401
 from fsl_jax.models import wrn  # noqa: E402,F401
 from fsl_jax.models import mobilenet  # noqa: E402,F401
 from fsl_jax.models import efficientnet  # noqa: E402,F401
+# Last: registers each pretrained weight file's name as a backbone (its input step included).
+from fsl_jax.models import pretrained  # noqa: E402,F401

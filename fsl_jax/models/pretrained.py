@@ -29,10 +29,12 @@ reachable here; ../shared/data/README.md).
     feats_Bx1280 = model.apply(variables, images_Bx64x64x3, train=False)   # [0, 1] input
     info["weights"], info["weights_sha256"]   # the file read and its digest
 
-The same names are backbones of `fsl_jax.models` once this module is
-imported (`models.get("efficientnet_lite0_imagenet")`, random weights; give
-them the file's with `load_variables`). `weights_for_model("efficientnet_lite0")`
-maps a backbone name to its weight file's name.
+The same names are backbones of `fsl_jax.models` (which imports this
+module): `models.get("efficientnet_lite0_imagenet", size=128)` has random
+weights; give it the file's with `load_variables`, or in a meta-training
+config with `init_weights` (fsl_jax.train.builders.load_init_weights).
+`weights_for_model("efficientnet_lite0")` maps a backbone name to its weight
+file's name.
 """
 
 from __future__ import annotations
@@ -58,15 +60,19 @@ class Pretrained(nn.Module):
   """[0, 1] images of any size -> `backbone`'s output on its own input (see the module doc).
 
   `size` None keeps the input size; `mean`/`std` None leave pixels in [0, 1].
+  `frozen_bn`: the backbone always runs in evaluation mode (BatchNorm's
+  running statistics, which training then never changes, and no dropout),
+  the usual choice when fine-tuning ImageNet weights on small episodes.
   """
   backbone: nn.Module
   size: int | None = None
   mean: Sequence[float] | None = None   # 0..255 scale, one value or one per channel
   std: Sequence[float] | None = None
+  frozen_bn: bool = False
 
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = True):
-    return self.backbone(self.preprocess(x_BxHxWxC), train=train)
+    return self.backbone(self.preprocess(x_BxHxWxC), train=train and not self.frozen_bn)
 
   def preprocess(self, x_BxHxWxC) -> jax.Array:
     """The backbone's input from [0, 1] images (steps 1-3)."""
@@ -128,16 +134,19 @@ def weights_for_model(model_name: str) -> str | None:
   return None
 
 
-def build(name: str, classifier: bool = False, size: int | None = None) -> Pretrained:
+def build(name: str, classifier: bool = False, size: int | None = None,
+          frozen_bn: bool = False) -> Pretrained:
   """The backbone of the weights `name` in its `Pretrained` step; random weights.
 
   `classifier`: keep the file's 1000-way ImageNet head (logits; the features
   are then sown as ('intermediates', 'backbone', 'features')). `size`
   overrides the file's input size (a smaller, faster, less accurate input).
+  `frozen_bn`: see `Pretrained`. As a backbone of fsl_jax.models these are
+  its options (`--config.model_kwargs.size=128`).
   """
   w = WEIGHTS.get(name)
   backbone = models.get(w.model, num_classes=1000 if classifier else None)
-  return Pretrained(backbone, size or w.size, w.mean, w.std)
+  return Pretrained(backbone, size or w.size, w.mean, w.std, frozen_bn)
 
 
 # The sha256 prefix a torch.hub file name carries: mobilenet_v2-7ebf99e0.pth.

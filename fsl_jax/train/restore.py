@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -93,13 +94,51 @@ def parse_typed_options(known: dict, items, item_label, subject: str, where: str
   return out
 
 
-def load_for_eval(workdir: str, step: int | None = None, learner_kwargs=()):
+def learner_options(cls) -> dict:
+  """{option: default} of a learner class's plain options (what NAME=VALUE may set)."""
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if isinstance(f.default, (bool, int, float, str)) and f.name not in ("name", "model")}
+
+
+def parse_method_kwargs(cls, method: str, items) -> dict:
+  """{name: value} from "NAME=VALUE" strings, typed like the learner class's own defaults."""
+  return parse_typed_options(learner_options(cls), items,
+                             lambda item: f"--learner_kwarg={item}", method,
+                             f"the options of --method={method}")
+
+
+def swap_learner(config, method: str, items=()) -> None:
+  """`config` evaluating its weights with the learner `method` (in place).
+
+  Allowed between metric learners whose variables are the backbone's alone
+  (protonet, finetune, simpleshot, logreg): the same weights, another rule
+  (e.g. a ProtoNet checkpoint with P>M>F fine-tuning). Saved options the
+  new learner has carry over (ProtoNet's temperature); `items` set others.
+  """
+  from fsl_jax import meta  # pylint: disable=g-import-not-at-top
+  cls = meta.LEARNERS.get(method)
+  saved = meta.LEARNERS.get(config.learner)
+  backbone_only = lambda c: issubclass(c, meta.MetricLearner) and c.head_key is None
+  if not (backbone_only(cls) and backbone_only(saved)):
+    raise ValueError(f"--method={method} on a {config.learner} checkpoint: only metric learners "
+                     "without parameters of their own (protonet, finetune, simpleshot, logreg) "
+                     "can evaluate each other's weights; drop --method.")
+  known = learner_options(cls)
+  kwargs = {k: v for k, v in dict(config.get("learner_kwargs", {})).items() if k in known}
+  kwargs.update(parse_method_kwargs(cls, method, items))
+  config.learner = method
+  config.learner_kwargs = ml_collections.ConfigDict(kwargs)
+
+
+def load_for_eval(workdir: str, step: int | None = None, learner_kwargs=(),
+                  method: str | None = None):
   """(config, learner, variables, step) from a checkpoint (default: newest readable).
 
   Restores only what evaluation needs (params and model state), as saved.
   `learner_kwargs` ("NAME=VALUE" strings) change learner options that do not
   change the weights, e.g. eval_inner_steps=1 or transductive=false; the
-  returned config has them.
+  returned config has them. `method`: evaluate with another learner of the
+  same weights (`swap_learner`; `learner_kwargs` are then its options).
   """
   ckpt = open_checkpoints(workdir)
   try:
@@ -107,7 +146,9 @@ def load_for_eval(workdir: str, step: int | None = None, learner_kwargs=()):
   finally:
     ckpt.close()
   config = ml_collections.ConfigDict(meta["config"])
-  if learner_kwargs:
+  if method and method != config.learner:
+    swap_learner(config, method, learner_kwargs)
+  elif learner_kwargs:
     config.learner_kwargs.update(parse_learner_kwargs(config, learner_kwargs))
   learner = builders.make_learner(config)
   variables = jax.tree.map(jnp.asarray, builders.variables(carry["state"]))

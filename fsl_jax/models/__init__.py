@@ -1,6 +1,6 @@
 """Backbones, chosen by name from a registry.
 
-    model = models.get("conv4", **kwargs)   # a flax.linen.Module (also resnet12, wrn)
+    model = models.get("conv4", **kwargs)   # a flax.linen.Module (also resnet12, wrn, ...)
     models.register("my_net")(MyNet)        # later backbones join the same way
 
 An unknown name or option is a ValueError naming the close names or options
@@ -38,5 +38,8 @@ from fsl_jax.models import resnet12  # noqa: E402,F401
 from fsl_jax.models import wrn  # noqa: E402,F401
 from fsl_jax.models import mobilenet  # noqa: E402,F401
 from fsl_jax.models import efficientnet  # noqa: E402,F401
+from fsl_jax.models import mobilenet_v3  # noqa: E402,F401
+from fsl_jax.models import resnet  # noqa: E402,F401
+from fsl_jax.models import vit  # noqa: E402,F401
 # Last: registers each pretrained weight file's name as a backbone (its input step included).
 from fsl_jax.models import pretrained  # noqa: E402,F401

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax import models
-from fsl_jax.models import efficientnet, mobilenet
+from fsl_jax.models import efficientnet, hf_loading, mobilenet, mobilenet_v3, resnet, vit
 from fsl_jax.models import torch_weights as tw
 from fsl_jax.registry import Registry
 
@@ -126,6 +126,57 @@ WEIGHTS.register("mobilenet_v2_imagenet", Weights(
            "(V1), from download.pytorch.org/models/"))
 
 
+_TORCHVISION = "from download.pytorch.org/models/"
+
+WEIGHTS.register("mobilenet_v3_small_imagenet", Weights(
+    model="mobilenet_v3_small", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
+    read=lambda net, path, sha: mobilenet_v3.load_torchvision(net, path, sha256=sha),
+    pretrained_on="ImageNet-1k",
+    source=f"torchvision's mobilenet_v3_small-047dcff4.pth (IMAGENET1K_V1), {_TORCHVISION}"))
+
+WEIGHTS.register("mobilenet_v3_large_imagenet", Weights(
+    model="mobilenet_v3_large", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
+    read=lambda net, path, sha: mobilenet_v3.load_torchvision(net, path, sha256=sha),
+    pretrained_on="ImageNet-1k",
+    source="torchvision's mobilenet_v3_large-5c1a4163.pth (IMAGENET1K_V2) or "
+           f"mobilenet_v3_large-8738ca79.pth (V1), {_TORCHVISION}"))
+
+WEIGHTS.register("resnet18_imagenet", Weights(
+    model="resnet18", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
+    read=lambda net, path, sha: resnet.load_torchvision(net, path, sha256=sha),
+    pretrained_on="ImageNet-1k",
+    source=f"torchvision's {resnet.RESNET18_IMAGENET1K_V1} (IMAGENET1K_V1), {_TORCHVISION}"))
+
+WEIGHTS.register("resnet50_imagenet", Weights(
+    model="resnet50", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
+    read=lambda net, path, sha: resnet.load_torchvision(net, path, sha256=sha),
+    pretrained_on="ImageNet-1k",
+    source=f"torchvision's {resnet.RESNET50_IMAGENET1K_V2} (IMAGENET1K_V2) or "
+           f"{resnet.RESNET50_IMAGENET1K_V1} (V1), {_TORCHVISION}"))
+
+
+def _hf_vit(kind: str):
+  """A reader of a Hugging Face checkpoint (save_pretrained folder or hub id) of `kind`."""
+  return lambda net, path, sha: vit.variables_from_hf(
+      hf_loading.load_state_dict(hf_loading.resolve(path)), net, kind)
+
+
+# Vision transformers from Hugging Face checkpoints (a local folder, or a hub
+# id when online). None is reachable here (../shared/data/README.md).
+for _name, _model, _kind, _on, _hub in (
+    ("dino_vit_s16", "vit_s16", "vit", "ImageNet-1k (self-supervised, no labels)",
+     "facebook/dino-vits16"),
+    ("dino_vit_b16", "vit_b16", "vit", "ImageNet-1k (self-supervised, no labels)",
+     "facebook/dino-vitb16"),
+    ("dinov2_vit_s14", "dinov2_s14", "dinov2", "LVD-142M", "facebook/dinov2-small"),
+    ("dinov2_vit_b14", "dinov2_b14", "dinov2", "LVD-142M", "facebook/dinov2-base"),
+    ("clip_vit_b16_openai", "clip_vit_b16", "clip", "WIT-400M", "openai/clip-vit-base-patch16")):
+  WEIGHTS.register(_name, Weights(
+      model=_model, size=224, mean=tuple(vit.MEAN[_kind]), std=tuple(vit.STD[_kind]),
+      read=_hf_vit(_kind), pretrained_on=_on,
+      source=f"a save_pretrained folder (or, online, the hub id) of {_hub}"))
+
+
 def weights_for_model(model_name: str) -> str | None:
   """The weight file name of WEIGHTS for the backbone `model_name` (None if it has none)."""
   for name in WEIGHTS.names():
@@ -167,8 +218,10 @@ def resolve_path(name: str, path: str | None = None) -> tuple[str, str | None]:
       raise ValueError(f"{name} has no weight file here: pass --weights=PATH to {w.source} "
                        f"(or --weights=random for the architecture with random weights).")
     return w.default_path(), w.sha256
+  if os.path.isdir(path):  # a Hugging Face save_pretrained folder
+    return path, None
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--weights={path}: no such file; pass the .pth of {name} "
+    raise FileNotFoundError(f"--weights={path}: no such file; pass the weights of {name} "
                             f"({w.source}).")
   m = _NAME_SHA.search(os.path.basename(path))
   return path, (m.group(1) if m else None)
@@ -188,8 +241,21 @@ def load_variables(model: Pretrained, name: str, path: str | None = None) -> tup
   w = WEIGHTS.get(name)
   path, sha = resolve_path(name, path)
   variables = nest(w.read(model.backbone, path, sha))
-  return variables, {"weights": os.path.abspath(path), "weights_sha256": tw.sha256_of(path)[:16],
+  return variables, {"weights": os.path.abspath(path),
+                     "weights_sha256": tw.sha256_of(_weight_file(path))[:16],
                      "pretrained_on": w.pretrained_on}
+
+
+def _weight_file(path: str) -> str:
+  """The file whose digest identifies the weights at `path` (a folder's weight file)."""
+  if not os.path.isdir(path):
+    return path
+  for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+               "pytorch_model.bin.index.json"):
+    if os.path.isfile(os.path.join(path, name)):
+      return os.path.join(path, name)
+  raise FileNotFoundError(f"{path} holds no model.safetensors or pytorch_model.bin: pass a "
+                          "Hugging Face save_pretrained folder.")
 
 
 def load(name: str, path: str | None = None, classifier: bool = False,
@@ -252,7 +318,7 @@ def saw_classes(pretrained_on: str | None, dataset: str, class_names: Sequence[s
   """
   if not pretrained_on:
     return False
-  if pretrained_on == "ImageNet-1k":
+  if pretrained_on.startswith("ImageNet-1k"):  # labelled, or self-supervised (DINO)
     leaves = [c.replace("\\", "/").split("/") for c in class_names]
     if dataset in IMAGENET_SUBSETS or (leaves and all(
         any(p in imagenet_wnids for p in parts) for parts in leaves)):

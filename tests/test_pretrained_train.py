@@ -142,10 +142,26 @@ def test_groups_scale_and_freeze_updates():
 
 @pytest.mark.parametrize("module", [pmf, simpleshot_pretrained])
 def test_pretrained_configs(module):
-  for variant in (None, "cpu60", "runlocal"):
+  for variant in (None, "cpu60", "runlocal", "vit"):
     c = module.get_config(variant)
-    assert c.model == "efficientnet_lite0_imagenet" and c.model_kwargs.frozen_bn
+    assert c.model == ("dino_vit_s16" if variant == "vit" else "efficientnet_lite0_imagenet")
+    assert c.model_kwargs.frozen_bn
     assert c.init_weights == ("" if variant == "runlocal" else "default")
   assert module.get_config("cpu60").optimizer.groups == natural.LITE0_FREEZE_EARLY
   with pytest.raises(ValueError, match="Unknown variant"):
     module.get_config("bogus")
+
+
+def test_vit_variant_asks_for_its_weights(tmp_path):
+  # DINO ViT-S/16 has no file here: the run stops naming the config key to set.
+  c = pmf.get_config("vit")
+  c.data.name = "image_folder"
+  c.data.train_dir = c.data.val_dir = c.data.test_dir = str(_folder(tmp_path / "data"))
+  c.data.image_size = 16
+  c.model_kwargs.size = 32
+  c.train.ways = c.eval.ways = 3
+  c.train.shots = c.eval.shots = 1
+  c.train.queries = c.eval.queries = 2
+  with pytest.raises(ValueError, match=r"dino_vit_s16 has no weight file here: pass "
+                                       r"--config.init_weights=PATH"):
+    meta_trainer.train_and_evaluate(c, str(tmp_path / "wd"))

@@ -99,8 +99,14 @@ def load_init_weights(learner, variables, model_name: str, weights: str) -> tupl
     raise ValueError(f"init_weights: the {type(learner).__name__} learner adapts its own network "
                      "(a classifier head inside it); pretrained initialisation is for the metric "
                      "learners (protonet, finetune, simpleshot, r2d2, metaopt, ...).")
-  loaded, facts = pretrained.load_variables(learner.model, model_name,
-                                            None if weights == "default" else weights)
+  try:
+    loaded, facts = pretrained.load_variables(learner.model, model_name,
+                                              None if weights == "default" else weights)
+  except (ValueError, FileNotFoundError) as e:
+    if "--weights" not in str(e):
+      raise
+    raise type(e)(str(e).replace("--weights=random", "init_weights=''").replace(
+        "--weights", "--config.init_weights")) from None
   current = learner.backbone_variables(variables)
   want = {k: current[k] for k in loaded}
   shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)

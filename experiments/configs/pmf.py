@@ -20,7 +20,8 @@ chosen on the validation classes from {0, 1e-4, 1e-3, 1e-2} as the paper does
 ImageNet weights have seen every Tiny ImageNet class: rows on it measure
 transfer, not novelty; cross-domain rows (NEU-DET, LFW) stand beside them.
 
-Variants: runlocal (seconds, random weights), cpu60 (the 2-core hour of RESULTS.md).
+Variants: runlocal (seconds, random weights), cpu60 (the 2-core hour of RESULTS.md), vit
+(the paper's DINO ViT-S/16 from --config.init_weights=FOLDER, a GPU run; natural.pretrained).
 """
 
 from experiments.configs import natural

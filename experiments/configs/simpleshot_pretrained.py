@@ -14,7 +14,7 @@ in [-4, 0], scaled by `learner_kwargs.scale`), then evaluated the same way:
         --workdir=DIR --config.data.data_dir=../shared/data/images/tiny-imagenet-200.zip
 
 The backbone, its pretrained initialisation, frozen BatchNorm and frozen
-early blocks are `natural.pretrained`'s (as pmf.py). Variants: runlocal, cpu60.
+early blocks are `natural.pretrained`'s (as pmf.py). Variants: runlocal, cpu60, vit.
 """
 
 from experiments.configs import natural

@@ -4,6 +4,9 @@
 #
 #   benchmarks/gpu_protocol.sh bench            # meta_step.py, JAX and torch.func, one JSON line each
 #   benchmarks/gpu_protocol.sh train SECONDS    # Finn et al.'s MAML 5-way and 20-way 1-shot
+#   benchmarks/gpu_protocol.sh natural          # issues 18/19: ResNet-12 ProtoNet / MetaOptNet on
+#                                               # CIFAR-FS shapes against torch; a ViT-S/16 P>M>F
+#                                               # step; 1,000 ViT-S/16 episodes, embed-once
 #
 # `train` runs the published protocols (experiments/configs/maml_omniglot.py
 # and its :20way variant: 60k steps each) side by side on one GPU for at most
@@ -37,6 +40,21 @@ case "${1:-}" in
         --inner_steps=5 --steps="$steps" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl"
     done
     ;;
+  natural)
+    steps=${BENCH_STEPS:-20}
+    for algo in protonet metaopt; do
+      $PY benchmarks/meta_step.py --model=resnet12 --image_size=32 --algo=$algo --ways=5 --shots=1 \
+        --queries=15 --meta_batch=8 --steps="$steps" --compare_torch 2>>"$OUT/natural.err" \
+        | tee -a "$OUT/natural.jsonl"
+    done
+    $PY benchmarks/meta_step.py --model=vit_s16 --image_size=224 --algo=protonet --ways=5 --shots=5 \
+      --queries=15 --meta_batch=1 --steps="$steps" 2>>"$OUT/natural.err" | tee -a "$OUT/natural.jsonl"
+    $PY benchmarks/evaluation.py --model=vit_s16 --image_size=224 --classes=20 --per_class=100 \
+      --episodes=1000 --per_episode_episodes=20 2>>"$OUT/natural.err" | tee -a "$OUT/natural.jsonl"
+    $PY benchmarks/evaluation.py --model=vit_s16 --image_size=224 --classes=20 --per_class=100 \
+      --learner=finetune --episodes=1000 --per_episode_episodes=20 --shots=5 \
+      2>>"$OUT/natural.err" | tee -a "$OUT/natural.jsonl"
+    ;;
   train)
     secs=${2:?"usage: $0 train SECONDS"}
     pids=()
@@ -55,7 +73,7 @@ case "${1:-}" in
     tar czf "$OUT/gpu_workdirs.tgz" $(for run in $RUNS; do echo "workdirs/${run%%=*}"; done)
     ;;
   *)
-    echo "usage: $0 bench | train SECONDS" >&2
+    echo "usage: $0 bench | train SECONDS | natural" >&2
     exit 2
     ;;
 esac

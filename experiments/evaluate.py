@@ -37,6 +37,15 @@ meta-trained checkpoint of experiments/configs/pmf.py:
     python -m experiments.evaluate --workdir=DIR --method=finetune \
         --learner_kwarg=lr=0.01 --learner_kwarg=steps=50 --shots=1 --episodes=1000
 
+`--min_per_class=N` keeps the classes of an image_folder dataset with at
+least N images (data.min_per_class; with --model or a --workdir), e.g. LFW's
+people with >= 10 photos, and is recorded in the JSON line. A class with
+fewer than shots + queries images would never be drawn, so an image_folder
+with one is refused, naming --min_per_class and --queries:
+
+    python -m experiments.evaluate --model=efficientnet_lite0 --dataset=image_folder \
+        --data_dir=../shared/data/images/lfw --min_per_class=10 --shots=5 --queries=5
+
 Images reach the model in [0, 1] at the dataset's size (folders load at the
 model's input size, 224) and are resized and normalised as the weight file
 expects inside the model (`pretrained.Pretrained`). The JSON line adds
@@ -86,6 +95,9 @@ flags.DEFINE_string("method", None, "How an episode is classified from the backb
                     "simpleshot (default with --model), logreg, protonet, or finetune (P>M>F: "
                     "SGD steps on each support set first). With --workdir: evaluate a ProtoNet-"
                     "family checkpoint with another of these; --learner_kwarg then sets its options.")
+flags.DEFINE_integer("min_per_class", None, "Keep only the classes of an image_folder dataset "
+                     "with at least this many images (data.min_per_class; 0: all), e.g. 10 for "
+                     "LFW's people with >= 10 photos; at least shots + queries.")
 flags.DEFINE_integer("image_size", None, "With --model: the model's input size (default: its "
                      "weight file's, 224; a smaller one is faster and less accurate).")
 flags.DEFINE_integer("images_per_call", 64, "With --model: images per backbone call when the "
@@ -120,6 +132,7 @@ def main(argv):
     check_pretrained_flags()
   elif FLAGS.method is not None:
     check_method()
+  check_min_per_class()
   from fsl_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
   from fsl_jax.train import builders, evaluation, loop, restore  # pylint: disable=g-import-not-at-top
 
@@ -142,16 +155,22 @@ def main(argv):
   extra = {"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}
   if FLAGS.method:
     extra["method"] = FLAGS.method
+  data_cfg = cfg.data
   if FLAGS.dataset or FLAGS.data_dir:
     data_cfg, split = cross_domain(cfg, restore.load_meta(workdir), FLAGS.dataset,
                                    FLAGS.data_dir, FLAGS.split)
     extra["dataset"] = data_cfg.name
     if FLAGS.data_dir:
       extra["data_dir"] = FLAGS.data_dir
+  if FLAGS.min_per_class is not None:
+    data_cfg = with_min_per_class(data_cfg, FLAGS.min_per_class)
+    extra["min_per_class"] = FLAGS.min_per_class
+  if FLAGS.dataset or FLAGS.data_dir:
     source = load_like_training(data_registry, data_cfg, split,
                                 restore.load_meta(workdir).get("image_shape"))
   else:
-    source = data_registry.load_split(cfg.data, split)
+    source = data_registry.load_split(data_cfg, split)
+  check_class_sizes(source, spec, data_cfg)
   result = evaluation.evaluate(learner, variables, source, spec,
                                pick(FLAGS.episodes, ev.episodes), pick(FLAGS.seed, ev.seed),
                                split=split, batching=cfg.train.get("task_batching", "auto"))
@@ -182,9 +201,12 @@ def evaluate_pretrained():
     data_cfg[f"{split}_dir"] = FLAGS.data_dir
     # Folders decode straight to the model's input size (one resize, by Pillow).
     data_cfg.image_size = facts["image_size"] or 84
+  if FLAGS.min_per_class is not None:
+    data_cfg = with_min_per_class(data_cfg, FLAGS.min_per_class)
   source = data_registry.load_split(data_cfg, split)
   spec = builders.spec_from({"ways": FLAGS.ways or 5, "shots": FLAGS.shots or 1,
                              "queries": FLAGS.queries or 15})
+  check_class_sizes(source, spec, data_cfg)
   # 512 224x224 images per call through EfficientNet-Lite0 peak at ~5.3 GB and
   # run at 56 ms/image, 64 at ~1 GB and 24 ms/image (2 CPU cores).
   ev = evaluation.Evaluator(learner, source, spec,
@@ -196,6 +218,8 @@ def evaluate_pretrained():
                                [wnid for wnid, _ in pretrained.imagenet_classes()])
   result = {**result, "dataset": FLAGS.dataset,
             **({"data_dir": FLAGS.data_dir} if FLAGS.data_dir else {}),
+            **({"min_per_class": FLAGS.min_per_class}
+               if FLAGS.min_per_class is not None else {}),
             "model": facts["model"], "weights": facts["weights"],
             "weights_sha256": facts["weights_sha256"], "method": method,
             **({"learner_kwargs": FLAGS.learner_kwarg} if FLAGS.learner_kwarg else {}),
@@ -232,6 +256,77 @@ def check_method():
 
 
 FOLDER_DATASETS = ("image_folder", "omniglot_folder")
+# The datasets whose factory honours data.min_per_class (fsl_jax.data.registry).
+MIN_PER_CLASS_DATASETS = ("image_folder",)
+
+
+def check_min_per_class():
+  """--min_per_class against the episode flags, before any import."""
+  n = FLAGS.min_per_class
+  if n is None:
+    return
+  if n < 0:
+    raise ValueError(f"--min_per_class={n}: use 0 (every class) or the fewest images a class "
+                     "needs to be kept.")
+  if FLAGS.dataset and FLAGS.dataset not in MIN_PER_CLASS_DATASETS:
+    raise ValueError(f"--min_per_class drops the small classes of a folder "
+                     f"(--dataset={' or '.join(MIN_PER_CLASS_DATASETS)}); --dataset="
+                     f"{FLAGS.dataset} has fixed class lists: drop --min_per_class.")
+  # A workdir's defaults are in its config: check_class_sizes refuses those later.
+  shots = FLAGS.shots or (1 if FLAGS.model is not None else None)
+  queries = FLAGS.queries or (15 if FLAGS.model is not None else None)
+  if shots is not None and queries is not None and 0 < n < shots + queries:
+    raise ValueError(
+        f"--min_per_class={n} keeps classes with >= {n} images, but --shots={shots} + "
+        f"--queries={queries} = {shots + queries} per class would leave out those with "
+        f"{n}..{shots + queries - 1}: pass --queries={max(1, n - shots)} (shots + queries <= "
+        f"{n}) or --min_per_class={shots + queries}.")
+
+
+def with_min_per_class(data_cfg, n: int):
+  """A copy of `data_cfg` with min_per_class = n; only folder datasets honour it."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if data_cfg.name not in MIN_PER_CLASS_DATASETS:
+    raise ValueError(f"--min_per_class drops the small classes of a folder (image_folder); "
+                     f"the evaluated dataset {data_cfg.name} has fixed class lists: drop "
+                     "--min_per_class.")
+  data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
+  data_cfg.min_per_class = n
+  return data_cfg
+
+
+def check_class_sizes(source, spec, data_cfg) -> None:
+  """Refuses a folder with classes too small for one episode's shots + queries.
+
+  The sampler draws only classes with >= shots + queries images, so such a
+  class would silently never be evaluated (LFW's people with 1-3 photos).
+  """
+  if data_cfg.name not in MIN_PER_CLASS_DATASETS:
+    return
+  from fsl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  need = spec.shots + spec.queries
+  counts = source.counts
+  small = int((counts < need).sum())
+  if not small:
+    return
+  have = source.num_classes - small
+  fixes = []
+  if have >= spec.ways:
+    fixes.append(f"pass --min_per_class={need} to evaluate on the {have} classes that have "
+                 "them")
+  fewest = int(counts.min())
+  if fewest > spec.shots:
+    fixes.append(f"--queries={fewest - spec.shots} (shots + queries <= {fewest}, the smallest "
+                 "class)")
+  elif fewest >= 2:
+    fixes.append(f"--shots and --queries with shots + queries <= {fewest} (the smallest class)")
+  if not fixes:
+    fixes.append(f"lower --shots and --queries: only {have} classes have {need} images, "
+                 f"fewer than --ways={spec.ways}")
+  raise sources.DataError(
+      f"{small} of the {source.num_classes} classes of {data_cfg.name} have fewer than shots "
+      f"+ queries = {spec.shots} + {spec.queries} = {need} images and would never be drawn: "
+      f"{' or '.join(fixes)}.")
 
 
 def cross_domain(cfg, meta: dict, dataset: str | None, data_dir: str | None,

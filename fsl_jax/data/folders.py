@@ -10,7 +10,10 @@
   10 per category. Classes may have different numbers of images.
 - `load_classes(root, class_of, size)`: the engine under it and under the
   named datasets (Tiny ImageNet's zip, NEU-DET): `class_of(path parts)` picks
-  each file's class (or None to leave it out).
+  each file's class (or None to leave it out); `min_per_class=N` keeps only
+  the classes with at least N images (e.g. LFW's people with >= 10 photos),
+  dropping the others before anything decodes, with one line on stderr that
+  counts them.
 
 Natural images load as uint8 [C, M, size, size, D]: Pillow decodes and
 resizes (antialiased bilinear, JPEG draft mode when shrinking by 2x or more)
@@ -385,7 +388,7 @@ def load_classes(root: str, class_of: Callable[[tuple[str, ...]], str | None], s
                  cache_dir: str | None = None, name: str = "",
                  layout: str = "class_name/*.png or *.jpg",
                  check: Callable[[list[tuple[ImageFile, str]]], None] | None = None,
-                 fingerprint: object = None) -> ClassImages:
+                 fingerprint: object = None, min_per_class: int = 0) -> ClassImages:
   """The images under `root` (folder or .zip) whose `class_of(parts)` is a class name.
 
   uint8 [C, M, size, size, D], classes sorted by name. The first load at a
@@ -396,8 +399,16 @@ def load_classes(root: str, class_of: Callable[[tuple[str, ...]], str | None], s
   path, size and mtime; a .zip by its own size and mtime (listing 18,000
   members costs more than reading the cached array). `check(selected)` may
   refuse a layout before anything decodes.
+
+  `min_per_class` > 0 keeps the classes with at least that many files and
+  says on stderr how many were dropped (a .zip is then listed on every load,
+  so the line always shows); a class that falls below it because
+  `skip_bad_images` skipped some of its files is dropped after decoding.
   """
   _check_root(root)
+  if min_per_class < 0:
+    raise DataError(f"min_per_class={min_per_class}: use 0 (every class) or the fewest images "
+                    "a class needs to be kept.")
   key = [os.path.abspath(root), size, bool(grayscale), bool(skip_bad_images), fingerprint]
   is_zip = os.path.isfile(root)
   if is_zip:
@@ -410,7 +421,12 @@ def load_classes(root: str, class_of: Callable[[tuple[str, ...]], str | None], s
       check(selected)
     if not selected:
       raise DataError(f"No images in {root}: expected {layout}.")
+    if min_per_class:
+      selected = _at_least(selected, min_per_class, root)
     return selected
+
+  def finish(src: ClassImages) -> ClassImages:
+    return _drop_small(src, min_per_class, root) if min_per_class else src
 
   def build(selected=None) -> ClassImages:
     if selected is not None:
@@ -420,12 +436,41 @@ def load_classes(root: str, class_of: Callable[[tuple[str, ...]], str | None], s
 
   entry = cache.slug(name or os.path.basename(os.path.abspath(root)))
   entry = f"{entry}-{size}-{'gray' if grayscale else 'rgb'}"
-  if is_zip:
+  if is_zip and not min_per_class:
     return cache.cached(entry, key, build, cache_dir)
   with list_images(root) as files:
     selected = select(files)
     key.append([["/".join(f.parts), c, *f.stamp] for f, c in selected])
-    return cache.cached(entry, key, lambda: build(selected), cache_dir)
+    return finish(cache.cached(entry, key, lambda: build(selected), cache_dir))
+
+
+def _at_least(selected: list[tuple[ImageFile, str]], min_per_class: int,
+              root: str) -> list[tuple[ImageFile, str]]:
+  """The (file, class) pairs of the classes with >= `min_per_class` files; says what went."""
+  counts = collections.Counter(c for _, c in selected)
+  keep = {c for c, n in counts.items() if n >= min_per_class}
+  if not keep:
+    raise DataError(f"No class of {root} has min_per_class={min_per_class} images (the largest "
+                    f"has {max(counts.values())}): lower --min_per_class "
+                    "(config.data.min_per_class; 0 keeps every class).")
+  dropped = len(counts) - len(keep)
+  cache.say("min_per_class=%d: dropped %d of the %d classes of %s (fewer images), kept %d "
+            "classes, %d images", min_per_class, dropped, len(counts), root, len(keep),
+            sum(counts[c] for c in keep))
+  return [(f, c) for f, c in selected if c in keep] if dropped else selected
+
+
+def _drop_small(src: ClassImages, min_per_class: int, root: str) -> ClassImages:
+  """`src` without the classes that unreadable-image skips left under `min_per_class`."""
+  small = src.counts < min_per_class
+  if not small.any():
+    return src
+  if small.all():
+    raise DataError(f"No class of {root} has min_per_class={min_per_class} readable images "
+                    "after skip_bad_images: lower --min_per_class.")
+  cache.say("min_per_class=%d: dropped %d more classes of %s whose unreadable images were "
+            "skipped", min_per_class, int(small.sum()), root)
+  return src.subset(np.flatnonzero(~small))
 
 
 def read_png_strokes(data: bytes, where: str = "image", fix: str = "") -> np.ndarray:
@@ -458,12 +503,13 @@ def load_omniglot_folder(root: str, image_size: int = 28,
 
 def load_image_folder(root: str, image_size: int = 84, grayscale: bool = False,
                       skip_bad_images: bool = False, cache_dir: str | None = None,
-                      name: str = "") -> ClassImages:
+                      name: str = "", min_per_class: int = 0) -> ClassImages:
   """Class folders of images: uint8 RGB (or grayscale), resized square.
 
   A class is named by its folder's path relative to `root` (module docstring).
   Decoded once per size and file list, then read from the decoded-array
-  cache (`load_classes`).
+  cache (`load_classes`). `min_per_class` > 0 keeps only the classes with at
+  least that many images (config.data.min_per_class).
   """
 
   def class_of(parts):
@@ -485,7 +531,7 @@ def load_image_folder(root: str, image_size: int = 84, grayscale: bool = False,
                         "one folder of images.")
 
   return load_classes(root, class_of, image_size, grayscale, skip_bad_images, cache_dir,
-                      name=name or root, check=check)
+                      name=name or root, check=check, min_per_class=min_per_class)
 
 
 def _assemble(by_class, groups, image_size) -> ClassImages:

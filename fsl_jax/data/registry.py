@@ -56,7 +56,8 @@ def _image_folder(data_cfg, split: str) -> ClassImages:
       _folder_root(data_cfg, split), data_cfg.get("image_size", 84),
       grayscale=bool(data_cfg.get("grayscale", False)),
       skip_bad_images=bool(data_cfg.get("skip_bad_images", False)),
-      cache_dir=data_cfg.get("cache_dir") or None)
+      cache_dir=data_cfg.get("cache_dir") or None,
+      min_per_class=int(data_cfg.get("min_per_class") or 0))
 
 
 # Natural-image few-shot benchmarks: uint8 images, class splits fixed in each module.

@@ -132,7 +132,13 @@ def _channels() -> int:
 
 
 def _model_kwargs() -> dict:
-  kwargs = {"impl": FLAGS.impl}
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from fsl_jax import models  # pylint: disable=g-import-not-at-top
+  factory = models.MODELS.get(FLAGS.model)
+  factory = getattr(factory, "func", factory)  # a functools.partial (the named ViT sizes)
+  fields = ({f.name for f in dataclasses.fields(factory)} if dataclasses.is_dataclass(factory)
+            else {"impl"})
+  kwargs = {"impl": FLAGS.impl} if "impl" in fields else {}  # ViTs have no conv choice
   if FLAGS.model == "resnet12":
     kwargs.update(widths=tuple(int(w) for w in FLAGS.widths), drop_rate=FLAGS.drop_rate,
                   block_size=FLAGS.block_size, avg_pool=FLAGS.avg_pool)

@@ -259,21 +259,10 @@ def _train_step_outputs(batching, learner_name="maml", remat=False, devices=1, c
   return {**state, "metric_sums": sums}
 
 
-def test_vmapped_looped_and_two_device_steps_agree():
-  # Two train steps six ways: tasks vmapped in one gradient chunk, vmapped in
-  # chunks of 2 (gradients accumulated), looped (lax.map), looped with
-  # rematerialised inner steps, and on two devices, each looping over, or
-  # chunking, its half of the meta-batch (shard_map), gradients averaged.
-  if jax.device_count() < 2:  # this process has one CPU device: rerun in a 2-device one
-    test = f"{__file__}::test_vmapped_looped_and_two_device_steps_agree"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu",
-                               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
-                               " --xla_force_host_platform_device_count=2"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "1 passed" in proc.stdout
-    return
+def test_vmapped_looped_and_chunked_steps_agree():
+  # Two train steps four ways on one device: tasks vmapped in one gradient
+  # chunk, vmapped in chunks of 2 (gradients accumulated), looped (lax.map),
+  # and looped with rematerialised inner steps.
   a, b = _train_step_outputs("vmap", chunk=4), _train_step_outputs("map")
   np.testing.assert_allclose(_flat(a["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(_flat(a["metric_sums"]), _flat(b["metric_sums"]), rtol=1e-5,
@@ -283,6 +272,24 @@ def test_vmapped_looped_and_two_device_steps_agree():
     np.testing.assert_allclose(_flat(chunked[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
   c = _train_step_outputs("map", remat=True)
   np.testing.assert_allclose(_flat(c["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-6)
+
+
+def test_two_device_steps_agree_with_one():
+  # On two devices, each looping over, or chunking, its half of the
+  # meta-batch (shard_map), gradients averaged: the one-device looped step's
+  # result. (Split from the one-device test so xdist runs the two at once;
+  # the shared looped step compiles once, via the run's compilation cache.)
+  if jax.device_count() < 2:  # this process has one CPU device: rerun in a 2-device one
+    test = f"{__file__}::test_two_device_steps_agree_with_one"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu",
+                               "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1 passed" in proc.stdout
+    return
+  b = _train_step_outputs("map")
   for two in (_train_step_outputs("map", devices=2),
               _train_step_outputs("vmap", devices=2, chunk=1)):
     for key in ("params", "model_state", "metric_sums"):

@@ -108,6 +108,19 @@ def _characters(data: dict[str, np.ndarray], image_size: int) -> ClassImages:
   return ClassImages.from_flat(images, label, names_by_label, groups_by_label)
 
 
+def _characters_of_split(name: str, split: str, data_dir: str | None, download: bool,
+                         image_size: int) -> ClassImages:
+  """`_characters` of a TFDS split, once per process and size (each scheme's
+  splits select from the same one or two decoded, resized TFDS splits)."""
+  key = ("characters", name, split, data_dir or os.environ.get("TFDS_DATA_DIR") or None,
+         image_size)
+  if key not in _CACHE:
+    src = _characters(read_tfds_split(name, split, data_dir, download), image_size)
+    src.images.setflags(write=False)  # shared by every caller: never changed in place
+    _CACHE[key] = src
+  return _CACHE[key]
+
+
 def _vinyals_test(name: str, alphabet: str) -> bool:
   if alphabet == "Gurmukhi":
     return int(name.rsplit("character", 1)[1]) >= VINYALS_GURMUKHI_FIRST_TEST
@@ -138,7 +151,7 @@ def load_omniglot(split: str = "train", scheme: str = "lake", image_size: int = 
     raise DataError(f"Unknown Omniglot split scheme {scheme!r}; choose one of {SCHEMES}.")
   if split not in SPLITS:
     raise DataError(f"Unknown split {split!r}; choose one of {SPLITS}.")
-  read = lambda s: _characters(read_tfds_split(name, s, data_dir, download), image_size)
+  read = lambda s: _characters_of_split(name, s, data_dir, download, image_size)
   if scheme == "lake":
     if split == "test":
       return read("test")

@@ -1,16 +1,18 @@
 """MobileNetV3-Small/-Large: PyTorch parity (eval and train mode), sizes, the .pth reader, errors.
 
 torchvision does not import here (../shared/REFERENCE.md), so the PyTorch
-reference is written below with torchvision's module structure and names
-(Conv2dNormActivation as a Sequential of conv, BN, activation;
-InvertedResidual's `block`; SqueezeExcitation's `fc1`/`fc2`; `features`,
-`avgpool`, `classifier`), so that its state_dict keys are those of
-torchvision's mobilenet_v3_small / mobilenet_v3_large files. Its block table
-is torchvision's `bneck_conf` rows, written out here separately from the
-module's, and its parameter counts are torchvision's published ones.
+reference is written (benchmarks/torch_backbones.py) with torchvision's
+module structure and names (Conv2dNormActivation as a Sequential of conv, BN,
+activation; InvertedResidual's `block`; SqueezeExcitation's `fc1`/`fc2`;
+`features`, `avgpool`, `classifier`), so that its state_dict keys are those
+of torchvision's mobilenet_v3_small / mobilenet_v3_large files. Its block
+table is torchvision's `bneck_conf` rows, written out there separately from
+the module's, and its parameter counts are torchvision's published ones.
 """
 
 import math
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,116 +20,18 @@ import numpy as np
 import pytest
 
 from fsl_jax import models
-from fsl_jax.models import mobilenet, mobilenet_v3
+from fsl_jax.models import mobilenet_v3
 from fsl_jax.models import torch_weights as tw
 
 torch = pytest.importorskip("torch")
-from test_pretrained_cnns import _check_parity, _numpy_state_dict, _randomise_bn  # noqa: E402
+from test_pretrained_cnns import _check_parity, _numpy_state_dict  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+# The torchvision reference (also used by benchmarks/backbones.py).
+from torch_backbones import (  # noqa: E402  pylint: disable=wrong-import-position
+    TORCHVISION, TorchMobileNetV3, mobilenet_v3_reference as _reference)
 
-tnn = torch.nn
-
-# torchvision's bneck_conf(input, kernel, expanded, out, use_se, activation, stride) rows.
-TORCHVISION_SMALL = [
-    (16, 3, 16, 16, True, "RE", 2), (16, 3, 72, 24, False, "RE", 2),
-    (24, 3, 88, 24, False, "RE", 1), (24, 5, 96, 40, True, "HS", 2),
-    (40, 5, 240, 40, True, "HS", 1), (40, 5, 240, 40, True, "HS", 1),
-    (40, 5, 120, 48, True, "HS", 1), (48, 5, 144, 48, True, "HS", 1),
-    (48, 5, 288, 96, True, "HS", 2), (96, 5, 576, 96, True, "HS", 1),
-    (96, 5, 576, 96, True, "HS", 1)]
-TORCHVISION_LARGE = [
-    (16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2),
-    (24, 3, 72, 24, False, "RE", 1), (24, 5, 72, 40, True, "RE", 2),
-    (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),
-    (40, 3, 240, 80, False, "HS", 2), (80, 3, 200, 80, False, "HS", 1),
-    (80, 3, 184, 80, False, "HS", 1), (80, 3, 184, 80, False, "HS", 1),
-    (80, 3, 480, 112, True, "HS", 1), (112, 3, 672, 112, True, "HS", 1),
-    (112, 5, 672, 160, True, "HS", 2), (160, 5, 960, 160, True, "HS", 1),
-    (160, 5, 960, 160, True, "HS", 1)]
-TORCHVISION = {"small": (TORCHVISION_SMALL, 1024), "large": (TORCHVISION_LARGE, 1280)}
 # torchvision's documented sizes (1000 classes).
 PARAMS = {"small": 2_542_856, "large": 5_483_032}
-
-
-class Conv2dNormActivation(tnn.Sequential):
-  def __init__(self, cin, cout, k, stride=1, groups=1, activation=None):
-    mods = [tnn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-            tnn.BatchNorm2d(cout, eps=0.001, momentum=0.01)]
-    super().__init__(*mods, *([activation()] if activation else []))
-
-
-class SqueezeExcitation(tnn.Module):
-  def __init__(self, c, squeeze):
-    super().__init__()
-    self.avgpool = tnn.AdaptiveAvgPool2d(1)
-    self.fc1, self.fc2 = tnn.Conv2d(c, squeeze, 1), tnn.Conv2d(squeeze, c, 1)
-    self.activation, self.scale_activation = tnn.ReLU(), tnn.Hardsigmoid()
-
-  def forward(self, x):
-    return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x))))) * x
-
-
-class InvertedResidual(tnn.Module):
-  def __init__(self, cin, k, expanded, cout, se, act, stride):
-    super().__init__()
-    act = tnn.Hardswish if act == "HS" else tnn.ReLU
-    self.use_res_connect = stride == 1 and cin == cout
-    mods = [Conv2dNormActivation(cin, expanded, 1, activation=act)] if expanded != cin else []
-    mods.append(Conv2dNormActivation(expanded, expanded, k, stride, expanded, act))
-    if se:
-      mods.append(SqueezeExcitation(expanded, mobilenet.make_divisible(expanded // 4)))
-    mods.append(Conv2dNormActivation(expanded, cout, 1))
-    self.block = tnn.Sequential(*mods)
-
-  def forward(self, x):
-    return x + self.block(x) if self.use_res_connect else self.block(x)
-
-
-class TorchMobileNetV3(tnn.Module):
-  """torchvision's MobileNetV3; forward returns (pooled features, logits)."""
-
-  def __init__(self, arch, num_classes=1000, width_mult=1.0, dropout=0.2):
-    super().__init__()
-    rows, hidden = TORCHVISION[arch]
-    w = lambda c: mobilenet.make_divisible(c * width_mult)
-    feats = [Conv2dNormActivation(3, w(16), 3, 2, activation=tnn.Hardswish)]
-    feats += [InvertedResidual(w(cin), k, w(e), w(c), se, act, s)
-              for cin, k, e, c, se, act, s in rows]
-    last = 6 * w(rows[-1][3])
-    feats.append(Conv2dNormActivation(w(rows[-1][3]), last, 1, activation=tnn.Hardswish))
-    self.features = tnn.Sequential(*feats)
-    self.avgpool = tnn.AdaptiveAvgPool2d(1)
-    self.classifier = tnn.Sequential(tnn.Linear(last, w(hidden)), tnn.Hardswish(),
-                                     tnn.Dropout(dropout), tnn.Linear(w(hidden), num_classes))
-
-  def forward(self, x):
-    feats = self.avgpool(self.features(x)).flatten(1)
-    return feats, self.classifier(feats)
-
-
-def _reference(arch, seed, **kwargs):
-  torch.manual_seed(seed)
-  net = TorchMobileNetV3(arch, **kwargs)
-  with torch.no_grad():  # SE biases off their zero init; Linears O(1) logits, not normal(0, 0.01)
-    for m in net.modules():
-      if isinstance(m, SqueezeExcitation):
-        m.fc1.bias.normal_(0, 0.2)
-        m.fc2.bias.normal_(0, 0.5)
-      if isinstance(m, tnn.Linear):
-        m.weight.normal_(0, m.in_features ** -0.5)
-        m.bias.normal_(0, 0.1)
-  net = _randomise_bn(net, seed + 1)
-  # Running statistics of the activations themselves (the random ones above let the signal
-  # vanish: every input then gives the same logits), scaled by up to 20%.
-  g = torch.Generator().manual_seed(seed + 2)
-  bns = [m for m in net.modules() if isinstance(m, tnn.BatchNorm2d)]
-  for m in bns:
-    m.momentum = 1.0
-  with torch.no_grad():
-    net.train()(torch.randn(4, 3, 64, 64, generator=g))
-  for m in bns:
-    m.momentum = 0.01
-    m.running_var.mul_(0.8 + 0.4 * torch.rand(m.num_features, generator=g))
-  return net.eval()
 
 
 def test_tables_match_torchvision():

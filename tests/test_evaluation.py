@@ -55,3 +55,23 @@ def test_learners_that_adapt_per_episode_are_evaluated_per_episode():
   assert not evaluation.Evaluator(learner, src, spec, 4).embed_once
   with pytest.raises(ValueError, match="does not embed each image on its own"):
     evaluation.Evaluator(learner, src, spec, 4, embed_once=True)
+
+
+def test_only_real_images_are_embedded():
+  # One class far larger than the rest (LFW: 530 photos of one person, 10 of most):
+  # the padding slots are never embedded, and the embeddings are the images' own.
+  src = _split(classes=5, per_class=40, size=8)
+  src.counts[0], src.counts[1:] = 40, 6
+  spec = EpisodeSpec(3, 1, 2)
+  learner = meta.get("protonet", model=models.get("conv4", hidden=4))
+  variables = learner.init(jax.random.PRNGKey(0), dummy_episode(src.image_shape, spec))
+  ev = evaluation.Evaluator(learner, src, spec, 10, embed_once=True, images_per_call=16)
+  assert len(ev.real_c) == 40 + 4 * 6  # not the 5 x 40 slots
+  calls = []
+  real_embed = ev.embed_block
+  ev.embed_block = lambda v, x: calls.append(len(x)) or real_embed(v, x)
+  emb = np.asarray(ev.embed_split(variables))
+  assert sum(calls) <= 64 + 16 and emb.shape[:2] == (5, 40)
+  want = np.asarray(learner.embed_images(variables, src.images[2, :6].astype(np.float32) / 255))
+  np.testing.assert_allclose(emb[2, :6], want, rtol=1e-5, atol=1e-6)
+  assert not emb[2, 6:].any()  # padding rows stay zero (the sampler never draws them)

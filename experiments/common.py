@@ -25,6 +25,9 @@ def setup():
   if os.environ.get("FSL_JAX_DISTRIBUTED") == "1":  # multi-host: TPU pods, multi-node GPU
     import jax  # pylint: disable=g-import-not-at-top
     jax.distributed.initialize()
+  # jax_threefry_partitionable on: a seed draws the same keys and episodes on every JAX.
+  from fsl_jax.train import loop  # pylint: disable=g-import-not-at-top
+  loop.configure_jax()
 
 
 def one_line(err: BaseException) -> str:

@@ -3,12 +3,14 @@ compile-once, damaged checkpoints, and bad config values / workdirs refused with
 one line, exit code 2 and the checkpoint intact."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -94,19 +96,49 @@ def test_adapter_tune_killed_and_rerun_equals_uninterrupted(tmp_path):
 
 # ------------------------------------------------------------ compile once
 
-def test_step_and_evaluator_compile_once(tmp_path):
+class _Compiles(logging.Handler):
+  """Counts JAX's 'Compiling jit(NAME) ...' records (jax.log_compiles) per NAME."""
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.names = []
+
+  def emit(self, record):
+    msg = record.getMessage()
+    if msg.startswith("Compiling jit("):
+      self.names.append(msg[len("Compiling jit("):].split(")", 1)[0])
+
+
+def test_step_and_evaluator_compile_once(tmp_path, monkeypatch):
+  """8 steps with a validation every 2, a profile of steps 2-3 and, on the step
+  loop, jax.transfer_guard('disallow'): the step compiles once (validations
+  included), the loop makes no implicit transfer, the trace is written."""
   from experiments.configs import protonet_omniglot  # pylint: disable=import-outside-toplevel
   from fsl_jax.data import testing  # pylint: disable=import-outside-toplevel
-  from fsl_jax.train import meta_trainer  # pylint: disable=import-outside-toplevel
+  from fsl_jax.train import loop, meta_trainer  # pylint: disable=import-outside-toplevel
   config = protonet_omniglot.get_config("runlocal")
   config.train.steps, config.val_every, config.log_every = 8, 2, 2
-  with testing.mock_omniglot(train_classes=20, test_classes=10):
-    run_ = meta_trainer.MetaTraining(config, str(tmp_path))
-    run_.run()
+  config.profile_steps = "1:3"
+  monkeypatch.setenv(loop.TRANSFER_GUARD_ENV, "disallow")
+  compiles = _Compiles()
+  pxla = logging.getLogger("jax._src.interpreters.pxla")  # where jax logs each lowering
+  level = pxla.level
+  pxla.addHandler(compiles)
+  pxla.setLevel(logging.WARNING)
+  try:
+    with testing.mock_omniglot(train_classes=20, test_classes=10), jax.log_compiles():
+      run_ = meta_trainer.MetaTraining(config, str(tmp_path))
+      run_.run()
+  finally:
+    pxla.removeHandler(compiles)
+    pxla.setLevel(level)
   validations = [r for r in metrics(tmp_path) if "val_accuracy" in r]
   assert len(validations) == 4
+  assert compiles.names.count("harness_step") == 1, compiles.names
   assert run_.harness.step_fn._cache_size() == 1  # pylint: disable=protected-access
   assert run_.val_evaluator.compiled._cache_size() == 1  # pylint: disable=protected-access
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
 # ------------------------------------------------------------ checkpoints

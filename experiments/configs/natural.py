@@ -92,6 +92,8 @@ def base(dataset: str, image_size: int) -> ml_collections.ConfigDict:
   c.val_episodes = 200
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # 'A:B': a jax.profiler trace of steps A+1..B in WORKDIR/profile (fsl_jax/train/loop.py).
+  c.profile_steps = ""
   return c
 
 

@@ -43,6 +43,7 @@ class MetaTraining:
   """One run: built (and every config value checked) before any data loads."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    loop.configure_jax()  # before run_key below splits the seed
     self.config = config
     tcfg = config.train
     self.train_spec = builders.spec_from(tcfg, "train.")

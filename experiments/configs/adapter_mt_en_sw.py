@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dropout = 0.1                         # full training only
   c.max_len = 128
   c.log_every = 50
+  c.profile_steps = ""  # "A:B": a jax.profiler trace of steps A+1..B in WORKDIR/profile
   c.checkpoint_every = 200
   c.keep_checkpoints = 1
 

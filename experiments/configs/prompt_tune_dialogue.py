@@ -45,6 +45,7 @@ def get_config(arg=None):
   c.optimizer.warmup_steps = 30  # linear warm-up from 0
   c.optimizer.weight_decay = 0.0
   c.log_every = 50
+  c.profile_steps = ""  # "A:B": a jax.profiler trace of steps A+1..B in WORKDIR/profile
   c.checkpoint_every = 100
   c.keep_checkpoints = 2
 

@@ -188,9 +188,12 @@ def pretrained(learner: str, arg: str | None, dataset: str = "tiny_imagenet",
   if "cpu60" in words:
     c.model_kwargs.size = 128
     c.train.queries = 6
-    c.train.steps, c.log_every = 1000, 25
+    # 0.67 episodes/s here (BENCHMARKS.md, P>M>F cost): 2,000 steps ~ 50 min,
+    # plus 8 embed-once validations; every validated checkpoint is kept so
+    # the val-chosen step can be evaluated.
+    c.train.steps, c.log_every = 2000, 25
     c.checkpoint_every, c.val_every, c.val_episodes = 250, 250, 1000
-    c.keep_checkpoints = 5
+    c.keep_checkpoints = 8
   if "runlocal" in words:
     c.init_weights = ""
     c.model_kwargs.size = 32

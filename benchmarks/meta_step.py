@@ -75,6 +75,7 @@ flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "map"], "Task batching (s
 flags.DEFINE_integer("task_chunk", 0, "Tasks per gradient chunk (0: meta.base.task_chunk).")
 flags.DEFINE_bool("remat", False, "jax.checkpoint each inner step.")
 flags.DEFINE_enum("impl", "auto", ["auto", "cpu", "xla", "im2col"], "Conv layer gradients (models.layers).")
+flags.DEFINE_integer("devices", 0, "Shard the meta-batch over the first N devices (0: all).")
 flags.DEFINE_integer("cpu_devices", 0, "Split a CPU into this many JAX devices (0: one); the "
                      "meta-batch is sharded over them. For measurement only: training runs "
                      "on split CPUs aborted in XLA's all-reduce (BENCHMARKS.md).")
@@ -205,7 +206,7 @@ def main(argv):
   elif FLAGS.algo == "metaopt":
     cfg.learner_kwargs = {"iterations": FLAGS.svm_iterations}
   spec = EpisodeSpec(FLAGS.ways, FLAGS.shots, FLAGS.queries)
-  mesh = builders.make_mesh()
+  mesh = builders.make_mesh(FLAGS.devices)
   rep = NamedSharding(mesh, P())
   sampler = EpisodeSampler(src, spec, rotations=c == 1, sharding=rep)
   learner = builders.make_learner(cfg)
@@ -287,7 +288,8 @@ def main(argv):
       "step_ms": round(1000 * dt / FLAGS.steps, 2),
       "sampling_ms": round(1000 * sample_s, 3),
       "compile_s": round(compile_s, 2), "peak_bytes": peak,
-      "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+      "devices": f"{mesh.devices.size}x {jax.devices()[0].device_kind}",
+      "num_devices": int(mesh.devices.size),
       "jax_threads": _xla_threads() if cpu else None,
       "batching": mode, "task_chunk": chunk, "inner_steps": FLAGS.inner_steps,
       "model_kwargs": {k: list(v) if isinstance(v, tuple) else v

@@ -14,17 +14,36 @@ import importlib.util
 import os
 import sys
 
+from absl import flags
 from absl import logging
 
 EXIT_USAGE = 2
+
+# Multi-process jobs (fsl_jax.distributed): every binary takes these.
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "jax.distributed.initialize(): auto (on with --coordinator, "
+                  "FSL_JAX_DISTRIBUTED=1, or under a TPU pod / Slurm / OpenMPI launcher), on, off.")
+flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for clusters JAX does not "
+                    "detect (with --num_processes and --process_id).")
+flags.DEFINE_integer("num_processes", 0, "Processes in the job (with --coordinator).")
+flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1 "
+                     "(with --coordinator).")
 
 
 def setup():
   # Our progress goes to stderr via fsl_jax.train.metrics.log; keep library INFO quiet.
   logging.set_verbosity(os.environ.get("FSL_JAX_LOG_LEVEL", "warning"))
-  if os.environ.get("FSL_JAX_DISTRIBUTED") == "1":  # multi-host: TPU pods, multi-node GPU
+  from fsl_jax import distributed  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  try:
+    how = distributed.initialize(f.coordinator, f.num_processes, f.process_id, f.distributed)
+  except ValueError as err:
+    fail(one_line(err))
+  if how:
     import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+    logging.warning("jax.distributed (%s): process %d of %d, %d of %d devices local", how,
+                    jax.process_index(), jax.process_count(), jax.local_device_count(),
+                    jax.device_count())
   # jax_threefry_partitionable on: a seed draws the same keys and episodes on every JAX.
   from fsl_jax.train import loop  # pylint: disable=g-import-not-at-top
   loop.configure_jax()
@@ -107,7 +126,6 @@ def _key_hint(bad: str, keys: list[str]) -> str:
 def parse_flags(argv):
   """absl flag parsing whose errors (unknown or mistyped --config.key, a config file
   that does not load, an unknown :variant) are one line and exit code 2."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as err:

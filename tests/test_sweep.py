@@ -79,7 +79,7 @@ def test_parse_arg_and_summaries():
   assert sweeps.parse_arg(None, learner="protonet").learner == "protonet"
   with pytest.raises(ValueError, match="Unknown config argument 'lerner'"):
     sweeps.parse_arg("lerner=maml", learner="protonet")
-  with pytest.raises(ValueError, match="must be a int"):
+  with pytest.raises(ValueError, match="Config argument shots takes an integer"):
     sweeps.parse_arg("shots=five", shots=1)
   s = sweeps.summarize([0.5, 0.7])
   assert s["n"] == 2 and s["mean"] == pytest.approx(0.6)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import distributed
 from fsl_jax.data import augment as augment_lib
 from fsl_jax.data.sources import ClassImages, DataError, as_float
 
@@ -176,7 +177,7 @@ def placement_for(source: ClassImages, placement: str = "auto",
 
 def device_memory() -> int:
   """Bytes of memory of the first device (RAM on CPU)."""
-  dev = jax.devices()[0]
+  dev = jax.local_devices()[0]
   try:
     limit = (dev.memory_stats() or {}).get("bytes_limit")
   except Exception:  # pylint: disable=broad-except  # CPU clients may not report
@@ -199,7 +200,7 @@ class EpisodeSampler:
     check_augment(augment, source.image_shape, augment_on)
     self.source, self.spec, self.rotations = source, spec, rotations
     self.augment, self.augment_on = augment, augment_on
-    put = (lambda a: jax.device_put(a, sharding)) if sharding is not None else jnp.asarray
+    put = (lambda a: distributed.put(a, sharding)) if sharding is not None else jnp.asarray
     self.images = put(np.asarray(source.images))
     self.counts = put(source.counts)
     self._one = jax.jit(self.sample_fn())
@@ -235,25 +236,30 @@ class HostEpisodes:
   (inside the jitted step) turns it into the same episodes. `feed(rng)` is
   the harness's `batches`: step s's batch from fold_in(rng, s), prepared
   `prefetch` steps ahead by a grain pipeline, so a resumed run gets the same
-  batches.
+  batches. `tasks` (a slice of the meta-batch) makes this process gather
+  only those tasks, as in a multi-process run: task i's episode comes from
+  the i-th key of the global batch's split, whichever process draws it.
   """
 
   def __init__(self, source: ClassImages, spec: EpisodeSpec, meta_batch: int,
                rotations: bool = False, split: str = "", augment=None,
-               augment_on: str = "both", prefetch: int = 4, threads: int = 2):
+               augment_on: str = "both", prefetch: int = 4, threads: int = 2,
+               tasks: slice | None = None):
     check_spec(source, spec, rotations, split)
     check_augment(augment, source.image_shape, augment_on)
     self.source, self.spec, self.rotations = source, spec, rotations
     self.augment, self.augment_on = augment, augment_on
     self.meta_batch, self.prefetch, self.threads = meta_batch, prefetch, threads
     self.images = source.images  # numpy or a memory map; never copied whole
-    cpu = jax.devices("cpu")[0]
+    cpu = jax.local_devices(backend="cpu")[0]  # this process's own
     self._cpu = cpu
     counts = jax.device_put(jnp.asarray(source.counts), cpu)
     max_m = int(source.images.shape[1])
 
+    tasks = tasks or slice(0, meta_batch)
+
     def indices(key):
-      keys = jax.random.split(key, meta_batch)
+      keys = jax.random.split(key, meta_batch)[tasks]
       return jax.vmap(lambda k: episode_indices(k, counts, max_m, spec, rotations))(keys)
 
     self._indices = jax.jit(indices)

@@ -38,7 +38,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=self._keep, save_interval_steps=1, create=True,
         enable_async_checkpointing=False)
-    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+    return ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._mngr.latest_step()
@@ -54,7 +57,8 @@ class Checkpointer:
       return False
     if step in self._mngr.all_steps():
       return False
-    state = jax.device_get(state)
+    if all(getattr(x, "is_fully_addressable", True) for x in jax.tree.leaves(state)):
+      state = jax.device_get(state)  # else: global arrays, written by every process together
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})), force=True)
     self._mngr.wait_until_finished()
@@ -122,10 +126,20 @@ class Checkpointer:
     return state, meta, s
 
   def restore_raw(self, step: int | None = None) -> tuple[Any, dict, int]:
-    """(state as stored, meta, step) without a target (for evaluation)."""
+    """(state as stored, meta, step) without a target (for evaluation).
+
+    The arrays land on this process's first device, whatever devices or
+    processes wrote them (a multi-host run's checkpoint reads on a laptop).
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
     def read(s):
+      stored = self._mngr.item_metadata(s)["state"]
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+          if hasattr(m, "shape") and hasattr(m, "dtype") else m, stored)
       out = self._mngr.restore(s, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       return out["state"], dict(out["meta"])
 
     s, (state, meta) = self._readable(read, step, quarantine=False)

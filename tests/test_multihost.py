@@ -38,8 +38,10 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+         "XLA_FLAGS": " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])}
   env.pop("FSL_JAX_DISTRIBUTED", None)
   return env
 

@@ -16,7 +16,10 @@ raw mean with `normalize=False`). `mode='nearest'`: the similarity to its most
 similar enrolled example. `metric='cosine'` (default) or 'sq_euclidean'
 (minus the squared distance; on normalised vectors it is 2 * cosine - 2).
 Enrolling or removing examples needs no retraining: prototypes are
-recomputed from the stored embeddings.
+recomputed from the stored embeddings. Scoring is numpy (float32 matmuls):
+a gallery's few thousand rows need no accelerator, and eager jax.numpy
+compiled a program per new query-batch shape (2.2 s of CPU for 14 shapes
+against numpy's 0.02 s, measured on this module's first version).
 
 Decisions. A query is accepted as its best-scoring class when that best
 score is >= the threshold, and is UNKNOWN otherwise. Two calibrations:
@@ -41,8 +44,6 @@ import os
 import tempfile
 import zipfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 UNKNOWN = "<unknown>"  # the label `predict` gives a rejected query; never an enrollable label
@@ -76,18 +77,17 @@ def _embeddings(x, what: str, dim: int | None = None) -> np.ndarray:
   return x
 
 
-def _scores_fn(q_QxD, g_NxD, seg_N, num_classes: int, metric: str, nearest: bool):
-  """[Q, C] class scores: against the C prototypes (g = prototypes, seg unused) or the
-  per-class max over the N examples (segment ids seg_N)."""
+def _scores_fn(q_QxD, g_NxD, starts_C, metric: str, nearest: bool) -> np.ndarray:
+  """[Q, C] class scores: against the C prototypes (g = prototypes), or, when `nearest`,
+  the per-class max over the N examples (g's rows grouped by class, class c's from
+  starts_C[c])."""
   if metric == "cosine":
     s_QxN = q_QxD @ g_NxD.T
   else:
-    d = (jnp.sum(q_QxD ** 2, -1, keepdims=True) - 2.0 * q_QxD @ g_NxD.T
-         + jnp.sum(g_NxD ** 2, -1)[None, :])
-    s_QxN = -jnp.maximum(d, 0.0)
-  if not nearest:
-    return s_QxN
-  return jax.ops.segment_max(s_QxN.T, seg_N, num_segments=num_classes).T
+    d = (np.sum(q_QxD ** 2, -1, keepdims=True) - 2.0 * q_QxD @ g_NxD.T
+         + np.sum(g_NxD ** 2, -1)[None, :])
+    s_QxN = -np.maximum(d, 0.0)
+  return np.maximum.reduceat(s_QxN, starts_C, axis=1) if nearest else s_QxN
 
 
 class Gallery:
@@ -119,7 +119,8 @@ class Gallery:
 
   @property
   def classes(self) -> tuple[str, ...]:
-    """The known classes, in order of first enrollment (the columns of `scores`)."""
+    """The known classes (the columns of `scores`), ordered by their first example still
+    enrolled (the order of enrollment until examples are removed)."""
     _, first = np.unique(self.labels_N, return_index=True)
     return tuple(str(self.labels_N[i]) for i in sorted(first))
 
@@ -174,42 +175,46 @@ class Gallery:
   # ------------------------------------------------------------- scoring
 
   def _prepared(self):
-    """(gallery rows [C or N, D], segment ids [N], classes), cached until the next change."""
+    """(gallery rows [C, D] or [N, D] grouped by class, class starts [C], classes), cached
+    until the next change."""
     if self._cache is None:
       if not len(self):
         raise ValueError("The gallery is empty: enroll(embeddings, labels) at least one class "
                          "before scoring.")
       classes = self.classes
       index = {c: i for i, c in enumerate(classes)}
-      seg_N = np.asarray([index[str(label)] for label in self.labels_N], np.int32)
+      seg_N = np.asarray([index[str(label)] for label in self.labels_N], np.int64)
+      order_N = np.argsort(seg_N, kind="stable")
+      counts_C = np.bincount(seg_N, minlength=len(classes))
+      starts_C = np.concatenate([[0], np.cumsum(counts_C)[:-1]])
       x = self.embeddings_NxD.astype(np.float64)
       if self.normalize or self.metric == "cosine":
         x = _l2n(x)
       if self.mode == "prototype":
-        counts_C = np.bincount(seg_N, minlength=len(classes))
         sums_CxD = np.zeros((len(classes), x.shape[1]))
         np.add.at(sums_CxD, seg_N, x)
         x = sums_CxD / counts_C[:, None]
         if self.normalize or self.metric == "cosine":
           x = _l2n(x)
-      self._cache = (x.astype(np.float32), seg_N, classes)
+      else:
+        x = x[order_N]
+      self._cache = (x.astype(np.float32), starts_C, classes)
     return self._cache
 
   def scores(self, queries_QxD) -> np.ndarray:
-    """[Q, C] similarity of each query to each class of `classes` (higher: more similar)."""
-    g, seg_N, classes = self._prepared()
+    """[Q, C] float32 similarity of each query to each class of `classes` (higher: more
+    similar)."""
+    g, starts_C, _ = self._prepared()
     q = _embeddings(queries_QxD, "queries", self.dim)
     if self.normalize or self.metric == "cosine":
       q = _l2n(q.astype(np.float64)).astype(np.float32)
-    s = _scores_fn(jnp.asarray(q), jnp.asarray(g), jnp.asarray(seg_N), len(classes),
-                   self.metric, self.mode == "nearest")
-    return np.asarray(s)
+    return _scores_fn(q, g, starts_C, self.metric, self.mode == "nearest")
 
   def best(self, queries_QxD) -> tuple[np.ndarray, np.ndarray]:
     """(best class labels [Q] (str), best scores [Q]) with no threshold (closed set)."""
     s_QxC = self.scores(queries_QxD)
     top_Q = np.argmax(s_QxC, -1)
-    return np.asarray(self.classes)[top_Q], s_QxC[np.arange(len(top_Q)), top_Q]
+    return np.asarray(self._prepared()[2])[top_Q], s_QxC[np.arange(len(top_Q)), top_Q]
 
   def predict(self, queries_QxD, threshold: float) -> np.ndarray:
     """[Q] labels (str): the best class when its score is >= threshold, else UNKNOWN."""
@@ -292,8 +297,12 @@ class Gallery:
 
 def decide(labels_Q, best_Q, threshold: float) -> np.ndarray:
   """[Q] labels: labels_Q where best_Q >= threshold, else UNKNOWN (compared in float64)."""
-  if not isinstance(threshold, (int, float, np.number)) or math.isnan(float(threshold)):
-    raise ValueError(f"threshold={threshold!r}: pass a number (e.g. from calibrate_far).")
+  try:
+    threshold = float(threshold)
+  except (TypeError, ValueError):
+    threshold = math.nan
+  if math.isnan(threshold):
+    raise ValueError("threshold is not a number: pass one, e.g. from calibrate_far.")
   keep = np.asarray(best_Q, np.float64) >= float(threshold)
   return np.where(keep, np.asarray(labels_Q, np.str_), UNKNOWN)
 

@@ -218,6 +218,8 @@ def test_bad_input_names_the_fix():
     openset.calibrate_frr([0.1], 1.5)
   with pytest.raises(ValueError, match="metric='dot'"):
     Gallery(metric="dot")
+  with pytest.raises(ValueError, match="threshold is not a number"):
+    g.predict(x, None)
   with pytest.raises(ValueError, match="pass both"):
     openset.open_set_metrics(g.scores(x), g.classes, y)
   with pytest.raises(ValueError, match="one label per row"):

@@ -49,6 +49,31 @@ def test_separated_clusters_are_recognised_and_unknowns_rejected(metric, mode):
   assert np.mean(pred[:42] == probe_y[:42]) == m["dir"]
 
 
+def test_metrics_on_a_hand_counted_example():
+  scores = np.array([[0.9, 0.1],    # a: right, accepted at 0.5
+                     [0.2, 0.6],    # a: wrong (b), accepted
+                     [0.1, 0.3],    # b: right, rejected
+                     [0.7, 0.2],    # unknown, accepted (a false alarm)
+                     [0.1, 0.4],    # unknown, rejected
+                     [0.2, 0.25]])  # unknown, rejected
+  labels = ["a", "a", "b", "x", "y", "z"]
+  m = openset.open_set_metrics(scores, ["a", "b"], labels, threshold=0.5)
+  third = pytest.approx(1 / 3)
+  assert m["threshold"] == 0.5 and (m["known"], m["unknown"]) == (3, 3)
+  assert m["known_accuracy"] == pytest.approx(2 / 3) and m["dir"] == third
+  assert m["tar"] == pytest.approx(2 / 3) and m["far_actual"] == third
+  # rejected: b's probe, y, z -> unknown precision 2/3, recall 2/3
+  assert m["unknown_recall"] == pytest.approx(2 / 3)
+  assert m["unknown_precision"] == pytest.approx(2 / 3)
+  assert m["unknown_f1"] == pytest.approx(2 / 3)
+  assert m["auroc"] == pytest.approx(6 / 9)  # known bests .9 .6 .3 vs .7 .4 .25
+  # calibrated on the unknowns at far 0.34: one of three accepted, the same decisions
+  c = openset.open_set_metrics(scores, ["a", "b"], labels, far=0.34)
+  assert 0.4 < c["threshold"] < 0.40001 and c["far_actual"] == third and c["dir"] == third
+  none_rejected = openset.open_set_metrics(scores, ["a", "b"], labels, threshold=0.0)
+  assert none_rejected["unknown_precision"] == 0.0 and none_rejected["unknown_f1"] == 0.0
+
+
 def test_prototypes_are_normalised_means_of_normalised_embeddings():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(5, 4)).astype(np.float32)

@@ -63,7 +63,9 @@ def test_text_episodes_reuse_episode_indices():
   sampler = text_lib.TextEpisodeSampler(tok, spec)
   key = jax.random.key(3)
   ep = sampler.sample(key)
-  classes, idx = episode_indices(key, jax.numpy.asarray(tok.counts), tok.ids.shape[1], spec)
+  # The draw of the image sampler: same key, same classes and examples.
+  classes, idx = jax.jit(episode_indices, static_argnums=(2, 3))(
+      key, tok.counts, tok.ids.shape[1], spec)
   np.testing.assert_array_equal(ep["classes"], classes)
   np.testing.assert_array_equal(ep["support_y"], [0, 0, 1, 1, 2, 2, 3, 3])
   np.testing.assert_array_equal(ep["query_y"], [0, 1, 2, 3])
@@ -78,6 +80,9 @@ def test_text_episodes_reuse_episode_indices():
   np.testing.assert_array_equal(again["query_ids"], ep["query_ids"])
   batch = sampler.sample_batch(jax.random.key(4), 3)
   assert batch["support_ids"].shape == (3, 8, 6) and batch["classes"].shape == (3, 4)
+  third = sampler.sample(jax.random.split(jax.random.key(4), 3)[2])
+  for name in ("support_ids", "support_mask", "query_ids", "classes"):
+    np.testing.assert_array_equal(batch[name][2], third[name])
   with pytest.raises(DataError, match="7-way"):
     text_lib.TextEpisodeSampler(tok, EpisodeSpec(7, 2, 1))
 

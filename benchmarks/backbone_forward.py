@@ -22,12 +22,13 @@ training step is traced to the operations that make it.
 
 import json
 import os
-import time
 
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet12", "resnet12 or conv4.")
@@ -40,14 +41,6 @@ flags.DEFINE_bool("profile", False, "Add the time per kind of operation of one p
                   "forward+backward of each (jax.profiler / torch.profiler).")
 flags.DEFINE_bool("train_bn", False, "BatchNorm in training mode (batch statistics), as in a "
                   "meta-training step; default eval mode (running statistics).")
-
-
-def _time(fn, steps):
-  fn()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - t0) / steps * 1e3
 
 
 def _hlo_kinds(hlo_text: str) -> dict[str, str]:
@@ -184,7 +177,7 @@ def main(argv):
     order = [("jax_fwd", jax_fwd), ("torch_fwd", torch_fwd), ("jax_fwd_bwd", jax_bwd),
              ("torch_fwd_bwd", torch_bwd)]
     for name, fn in (order if r % 2 == 0 else order[::-1]):
-      rows[name].append(_time(fn, FLAGS.steps))
+      rows[name].append(timing.mean_ms(fn, FLAGS.steps))
   med = {k: round(float(np.median(v)), 1) for k, v in rows.items()}
   profile = {}
   if FLAGS.profile:

@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import timing
+
 from fsl_jax import models
 from fsl_jax.models import efficientnet, mobilenet, mobilenet_v3, resnet, vit
 
@@ -76,14 +78,6 @@ VITS = {
 _CNN_HEADS = {"mobilenet_v2": "classifier", "mobilenet_v3_small": "classifier",
               "mobilenet_v3_large": "classifier", "efficientnet_lite0": "_fc",
               "resnet18": "fc", "resnet50": "fc"}
-
-
-def _time(fn, steps):
-  fn()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - t0) / steps * 1e3
 
 
 def _numpy_state_dict(net):
@@ -180,7 +174,7 @@ def bench(name: str) -> dict:
   for r in range(FLAGS.rounds):
     order = [("jax", jax_fwd), ("torch", torch_fwd)]
     for side, fn in (order if r % 2 == 0 else order[::-1]):
-      rows[side].append(_time(fn, FLAGS.steps))
+      rows[side].append(timing.mean_ms(fn, FLAGS.steps))
   jax_ms, torch_ms = (float(np.median(rows[k])) for k in ("jax", "torch"))
   return {
       "model": name, "batch": b, "image_size": s, "jax_ms": round(jax_ms, 1),

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import timing
+
 from fsl_jax.models import bert, bert_hf
 
 FLAGS = flags.FLAGS
@@ -42,14 +44,6 @@ flags.DEFINE_integer("steps", 5, "Timed passes per round.")
 flags.DEFINE_integer("rounds", 3, "")
 flags.DEFINE_integer("threads", 0, "torch threads (0: the machine's cores).")
 flags.DEFINE_integer("seed", 0, "Of the random weights and token ids.")
-
-
-def _time(fn, steps):
-  fn()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    fn()
-  return (time.perf_counter() - t0) / steps * 1e3
 
 
 def _models(tmp):
@@ -125,7 +119,7 @@ def main(argv):
   for r in range(FLAGS.rounds):
     order = [("jax", jax_fwd), ("torch", torch_encode)]
     for side, fn in (order if r % 2 == 0 else order[::-1]):
-      rows[side].append(_time(fn, FLAGS.steps))
+      rows[side].append(timing.mean_ms(fn, FLAGS.steps))
   jax_ms, torch_ms = (float(np.median(rows[k])) for k in ("jax", "torch"))
   print(json.dumps({
       "model": config.name, "weights": weights, "batch": b, "length": t, "pad": FLAGS.pad,

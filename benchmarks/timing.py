@@ -15,3 +15,13 @@ def median_seconds(fn, reps: int) -> float:
     fn()
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def mean_ms(fn, steps: int) -> float:
+  """Mean milliseconds per call over `steps` calls, after one untimed call.
+  fn must block until its result is ready."""
+  fn()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return (time.perf_counter() - t0) / steps * 1e3

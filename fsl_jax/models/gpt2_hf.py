@@ -104,12 +104,7 @@ def from_pretrained(path_or_id: str, config: Gpt2Config | None = None,
   ckpt_config = config_from_hf(hf_loading.load_config(directory), dtype=dtype)
   if config is not None:
     fields = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "inner")
-    diff = {f: (getattr(ckpt_config, f), getattr(config, f)) for f in fields
-            if getattr(ckpt_config, f) != getattr(config, f)}
-    if diff:
-      raise ValueError(f"Checkpoint {path_or_id!r} does not match config {config.name!r}: "
-                       + ", ".join(f"{k}={a} in checkpoint vs {b} expected"
-                                   for k, (a, b) in diff.items()))
+    hf_loading.check_config_matches(ckpt_config, config, fields, path_or_id)
     ckpt_config = config.replace(dtype=dtype)
   state = hf_loading.load_state_dict(directory)
   return ckpt_config, params_from_state_dict(state, ckpt_config, param_dtype)

@@ -129,3 +129,13 @@ def strip_prefix(state: dict[str, np.ndarray], prefixes: Iterable[str]) -> dict[
         break
     out[k] = v
   return out
+
+
+def check_config_matches(ckpt_config, config, fields: Iterable[str], source: str) -> None:
+  """Refuses a checkpoint whose config differs from the expected `config` in `fields`."""
+  diff = {f: (getattr(ckpt_config, f), getattr(config, f)) for f in fields
+          if getattr(ckpt_config, f) != getattr(config, f)}
+  if diff:
+    raise ValueError(f"Checkpoint {source!r} does not match config {config.name!r}: "
+                     + ", ".join(f"{k}={a} in checkpoint vs {b} expected"
+                                 for k, (a, b) in diff.items()))

@@ -405,6 +405,8 @@ class Harness:
           else:
             writer.write(s, row)
             metrics_lib.log("step %d %s", s, "  ".join(f"{k} {v:.4f}" for k, v in row.items()))
+        if not self.multi:  # a signal during validation stops one process at this step
+          stop = preempt.requested
         if stop:
           self.ckpt.save(s, carry, self.meta, force=True)
           metrics_lib.log("%s: saved step %d; rerun the same command to resume.",

@@ -27,11 +27,14 @@ def _episode(ways=3, shots=1, queries=2, size=28, seed=0, dtype=np.float32):
           "query_y": jnp.repeat(jnp.arange(ways), queries), "classes": jnp.arange(ways)}
 
 
-def _learner(name="maml", hidden=4, impl="im2col", **kw):
+def _learner(name="maml", hidden=4, impl="im2col", num_blocks=2, **kw):
   # im2col: the MAML family's convolutions on CPU (impl='auto'), so the math
-  # below is checked on the path that trains.
+  # below is checked on the path that trains. Two conv blocks, not four: the
+  # same layers and inner loop at half the compile time (second-order
+  # programs dominate this file's time).
   kw = {"ways": 3, "inner_steps": 2, "inner_lr": 0.3, **kw}
-  return meta.get(name, model=models.get("conv4", hidden=hidden, impl=impl), **kw)
+  return meta.get(name, model=models.get("conv4", hidden=hidden, impl=impl,
+                                         num_blocks=num_blocks), **kw)
 
 
 def _outer_grad(learner, variables, ep, **kw):
@@ -71,7 +74,9 @@ def test_gradient_matches_torch_func_reference():
   with jax.enable_x64(True):
     ep = _episode(ways=3, queries=2, dtype=np.float64)
     for name, first_order in (("maml", False), ("fomaml", True)):
-      learner = _learner(name, hidden=8)
+      # Four blocks: 28 px pool to 1x1, where torch's NCHW flatten before
+      # the head equals ours (NHWC).
+      learner = _learner(name, hidden=8, num_blocks=4)
       variables = learner.init(jax.random.PRNGKey(3), ep)
       variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
       _, grads = _outer_grad(learner, variables, ep)
@@ -268,8 +273,11 @@ def test_vmapped_looped_and_chunked_steps_agree():
   np.testing.assert_allclose(_flat(a["metric_sums"]), _flat(b["metric_sums"]), rtol=1e-5,
                              atol=1e-5)
   chunked = _train_step_outputs("vmap", chunk=2)
-  for key in ("params", "model_state", "metric_sums"):
-    np.testing.assert_allclose(_flat(chunked[key]), _flat(b[key]), rtol=1e-5, atol=1e-6)
+  # BatchNorm's running statistics average the chunks' batch statistics in
+  # another order: measured 3.4e-6 apart (values ~0.05) with two conv
+  # blocks; a chunk dropped or counted twice moves them by ~1e-2.
+  for key, atol in (("params", 1e-6), ("model_state", 1e-5), ("metric_sums", 1e-6)):
+    np.testing.assert_allclose(_flat(chunked[key]), _flat(b[key]), rtol=1e-5, atol=atol)
   c = _train_step_outputs("map", remat=True)
   np.testing.assert_allclose(_flat(c["params"]), _flat(b["params"]), rtol=1e-5, atol=1e-6)
 

@@ -43,7 +43,9 @@ def build(learner: str, arg: str | None, *, inner_lr=0.4, inner_steps=1, eval_in
     c.train.steps, c.train.meta_batch = 6, 2
     c.eval.episodes, c.log_every, c.checkpoint_every = 20, 2, 3
     c.val_every, c.val_episodes = 4, 10
-    c.model_kwargs.hidden = 8
+    # Two 8-channel blocks: smoke tests and the test suite compile this step
+    # many times, and a second-order step's compile time grows with depth.
+    c.model_kwargs.hidden, c.model_kwargs.num_blocks = 8, 2
     c.learner_kwargs.inner_steps = min(inner_steps, 2)
     c.learner_kwargs.eval_inner_steps = min(eval_inner_steps, 2)
   elif arg == "20way":

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.ways, c.train.steps, c.train.meta_batch = 5, 6, 2
     c.eval.episodes, c.log_every, c.checkpoint_every = 20, 2, 3
     c.val_every, c.val_episodes = 4, 10
-    c.model_kwargs.hidden = 8
+    c.model_kwargs.hidden, c.model_kwargs.num_blocks = 8, 2  # seconds to compile
   elif arg == "demo":
     c.train.ways, c.train.steps = 20, 500
     c.optimizer.decay_every = 200

@@ -257,4 +257,4 @@ def test_real_minilm_on_shared_clinc150(shared_dir, tmp_path):
   (r,) = runner.run(c, str(tmp_path / "w"))
   assert (r["encoder"], r["classes"], r["episodes"]) == ("all-MiniLM-L6-v2", 25, 20)
   assert r["sentences_embedded"] == 500
-  assert r["accuracy"] > 0.8  # 5-way 1-shot on CLINC150 intents (measured 0.94)
+  assert r["accuracy"] > 0.8  # 5-way 1-shot on CLINC150 intents (measured 0.956)

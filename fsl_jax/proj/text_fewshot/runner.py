@@ -36,6 +36,10 @@ oos_recall / oos_precision / oos_f1 (out-of-scope as the positive class),
 auroc (in-scope vs oos by the score, threshold-free), closed_set_accuracy
 (in-scope, no threshold) via `fsl_jax.openset.open_set_metrics`; accuracy
 is over all test queries with 'out-of-scope' as one more answer.
+
+Timing: `seconds` is a setting's wall time, including the embedding of the
+texts it needed first (none when cached); `embed_seconds` and
+`sentences_embedded` total the run's embedding so far.
 """
 
 from __future__ import annotations

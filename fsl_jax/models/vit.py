@@ -139,6 +139,7 @@ class Attention(nn.Module):
   heads: int
   qkv_bias: bool = True
   dtype: Any = jnp.float32
+  attention_impl: str = "auto"  # layers.attention: per-example on CPU, einsum elsewhere
 
   @nn.compact
   def __call__(self, x_BxTxD):
@@ -149,9 +150,7 @@ class Attention(nn.Module):
     q = split(dense("query", self.qkv_bias)(x_BxTxD))
     k = split(dense("key", self.qkv_bias)(x_BxTxD))
     v = split(dense("value", self.qkv_bias)(x_BxTxD))
-    logits_BxHxTxT = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5
-    w = jax.nn.softmax(logits_BxHxTxT, axis=-1).astype(v.dtype)
-    out_BxTxD = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, d)
+    out_BxTxD = layers.attention(q, k, v, self.attention_impl).reshape(b, t, d)
     return dense("out", True)(out_BxTxD)
 
 

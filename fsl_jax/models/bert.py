@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax.models import layers
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # transformers' ACT2FN names: BERT's "gelu" is the exact erf GELU.
 _ACTS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -172,12 +174,17 @@ class BertLayer(nn.Module):
     k_BxTxHxK = _dense(d, "key", c.jnp_dtype)(x_BxTxD).reshape(shape)
     v_BxTxHxK = _dense(d, "value", c.jnp_dtype)(x_BxTxD).reshape(shape)
     q_BxTxHxK = q_BxTxHxK * jnp.asarray(1.0 / np.sqrt(c.head_dim), q_BxTxHxK.dtype)
-    s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
-    # Padding keys are masked for every query (padding queries still attend to the tokens).
-    s_BxHxTxS = jnp.where(mask_BxT[:, None, None, :], s_BxHxTxS, jnp.finfo(jnp.float32).min)
-    p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(c.jnp_dtype)
-    p_BxHxTxS = self._drop(p_BxHxTxS, c.attention_dropout, deterministic)
-    o_BxTxD = jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxTxHxK).reshape(b, t, d)
+    if deterministic or c.attention_dropout == 0.0:
+      # Padding keys are masked for every query (padding queries still attend
+      # to the tokens); on CPU one example at a time (layers.attention).
+      o_BxTxD = layers.attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, key_mask_BxS=mask_BxT,
+                                 scale=1.0).reshape(b, t, d)
+    else:  # dropout on the attention probabilities: the one-program form
+      s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
+      s_BxHxTxS = jnp.where(mask_BxT[:, None, None, :], s_BxHxTxS, jnp.finfo(jnp.float32).min)
+      p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(c.jnp_dtype)
+      p_BxHxTxS = self._drop(p_BxHxTxS, c.attention_dropout, deterministic)
+      o_BxTxD = jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxTxHxK).reshape(b, t, d)
     h_BxTxD = self._drop(_dense(d, "attention_output", c.jnp_dtype)(o_BxTxD), c.dropout,
                          deterministic)
     x_BxTxD = _layer_norm(c, "attention_LayerNorm")(x_BxTxD + h_BxTxD)

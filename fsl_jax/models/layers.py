@@ -300,8 +300,12 @@ ATTENTION_IMPLS = ("auto", "einsum", "per_example")
 
 
 def attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-              impl: str = "auto") -> jax.Array:
-  """softmax(q k^T / sqrt(K)) v per head, the softmax in float32; returns [B, T, H, K].
+              impl: str = "auto", key_mask_BxS: jax.Array | None = None,
+              scale: float | None = None) -> jax.Array:
+  """softmax(q k^T * scale + mask) v per head, the softmax in float32; returns [B, T, H, K].
+
+  `scale` defaults to 1 / sqrt(K); `key_mask_BxS` (true: attend) gives masked
+  keys the float32 minimum as logit, for every query.
 
   impl='einsum': one batched program over the whole [B, H, T, S] logits (GPU
   and TPU fuse and tile it well). impl='per_example' (what 'auto' picks on
@@ -316,20 +320,29 @@ def attention(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
     impl = "per_example" if jax.default_backend() == "cpu" else "einsum"
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"Unknown attention impl {impl!r}; use {', '.join(ATTENTION_IMPLS)}.")
-  scale = q_BxTxHxK.shape[-1] ** -0.5
+  scale = q_BxTxHxK.shape[-1] ** -0.5 if scale is None else scale
   dtype = v_BxSxHxK.dtype
+  b, s = k_BxSxHxK.shape[0], k_BxSxHxK.shape[1]
+  mask_BxS = (jnp.ones((b, s), bool) if key_mask_BxS is None
+              else jnp.broadcast_to(key_mask_BxS.astype(bool), (b, s)))
+  low = jnp.finfo(jnp.float32).min
   if impl == "einsum":
     logits = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxK, k_BxSxHxK).astype(jnp.float32) * scale
+    if key_mask_BxS is not None:
+      logits = jnp.where(mask_BxS[:, None, None, :], logits, low)
     w = jax.nn.softmax(logits, axis=-1).astype(dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", w, v_BxSxHxK)
 
-  def one(args):  # one example: [H, T, K], [H, S, K], [H, S, K]
-    q, k, v = args
+  def one(args):  # one example: [H, T, K], [H, S, K], [H, S, K], [S]
+    q, k, v, m = args
     logits_HxTxS = jax.lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))
-    w = jax.nn.softmax(logits_HxTxS.astype(jnp.float32) * scale, axis=-1).astype(dtype)
+    logits_HxTxS = logits_HxTxS.astype(jnp.float32) * scale
+    if key_mask_BxS is not None:
+      logits_HxTxS = jnp.where(m[None, None, :], logits_HxTxS, low)
+    w = jax.nn.softmax(logits_HxTxS, axis=-1).astype(dtype)
     return jax.lax.dot_general(w, v, (((2,), (1,)), ((0,), (0,))))
 
   heads_first = lambda a: jnp.swapaxes(a, 1, 2)  # [B, T, H, K] -> [B, H, T, K]
   out_BxHxTxK = jax.lax.map(one, (heads_first(q_BxTxHxK), heads_first(k_BxSxHxK),
-                                  heads_first(v_BxSxHxK)))
+                                  heads_first(v_BxSxHxK), mask_BxS))
   return jnp.swapaxes(out_BxHxTxK, 1, 2)

@@ -108,7 +108,7 @@ def test_split_is_seeded_disjoint_and_nested():
 def test_separable_people_are_recognised_and_unknowns_rejected(people, tmp_path):
   wd = tmp_path / "wd"
   # Uncentred: centring on the enrolled mean would take out what the known share.
-  res = image_open_set.run(config(people, center=False), str(wd))
+  res = image_open_set.run(config(people, center="none"), str(wd))
   assert KEYS <= set(res)
   assert (res["known_people"], res["unknown_people"], res["enroll"]) == (4, 4, 3)
   assert (res["known_probes"], res["unknown_probes"]) == (4 * 9 - res["calibration_probes"],
@@ -123,7 +123,7 @@ def test_separable_people_are_recognised_and_unknowns_rejected(people, tmp_path)
   assert meta["threshold"] == pytest.approx(res["threshold"], abs=1e-6)
   assert meta["center"] is None and meta["known_people"] == list(known_people())
   # Reruns embed nothing and give the same numbers.
-  again = image_open_set.run(config(people, center=False), str(wd))
+  again = image_open_set.run(config(people, center="none"), str(wd))
   assert again["embedded_now"] == 0
   assert {k: v for k, v in again.items() if k not in ("seconds", "embedded_now")} == {
       k: v for k, v in res.items() if k not in ("seconds", "embedded_now")}
@@ -132,10 +132,10 @@ def test_separable_people_are_recognised_and_unknowns_rejected(people, tmp_path)
   assert centred["known_accuracy"] == 1.0 and centred["auroc"] == 1.0
   assert (wd / "gallery_center.npy").exists()
   # The strangers as extra unknown probes (embedded now), or as the calibration set.
-  probes = image_open_set.run(config(people, center=False, stranger_probes=True), str(wd))
+  probes = image_open_set.run(config(people, center="none", stranger_probes=True), str(wd))
   assert probes["embedded_now"] == 4 and probes["unknown_probes"] == 4 * 12 + 4
   assert probes["far_measured"] == 0.0
-  cal = image_open_set.run(config(people, center=False, calibration="strangers"), str(wd))
+  cal = image_open_set.run(config(people, center="none", calibration="strangers"), str(wd))
   assert cal["calibration_probes"] == 4 and cal["embedded_now"] == 0
   assert cal["known_probes"] == 4 * 9 and cal["dir_at_far1"] == 1.0
   rows = [json.loads(l) for l in (wd / "results.jsonl").read_text().splitlines()]
@@ -149,7 +149,7 @@ def test_the_test_unknowns_never_set_the_threshold(people, tmp_path):
   unknown = [f"person_{p:02d}" for p in range(8) if f"person_{p:02d}" not in known]
   twins = make_people(tmp_path / "twins", family=known,
                       look_alikes={u: known[i] for i, u in enumerate(unknown)})
-  c = config(people, center=False)
+  c = config(people, center="none")
   res = image_open_set.run(c, str(tmp_path / "a"))
   c.data.root = str(twins)
   res_twins = image_open_set.run(c, str(tmp_path / "b"))
@@ -230,12 +230,13 @@ def test_real_lfw_runlocal(shared_dir, tmp_path):
 
 
 def test_real_lfw_dlib(shared_dir, tmp_path):
-  """dlib's face embedding on the same 12 people: it knows faces, so near-perfect."""
+  """dlib's face embedding on 6 LFW people (113 images): it knows faces, so near-perfect."""
   if importlib.util.find_spec("dlib") is None:  # optional: never required, not in make test
     pytest.skip(f"dlib is not installed ({image_open_set.DLIB_PACKAGES}).")
   c = open_set_faces.get_config("runlocal")
   c.data.root = str(shared_dir / "data" / "images" / "lfw")
-  c.model, c.image_size = "dlib", 0
+  c.model, c.image_size, c.data.max_people = "dlib", 0, 6
   res = image_open_set.run(c, str(tmp_path / "wd"))
-  assert res["image_size"] == 150 and res["dropped_images"] == 0
+  assert (res["known_people"], res["unknown_people"], res["image_size"]) == (3, 3, 150)
+  assert res["dropped_images"] == 0 and res["center"] == "none"
   assert res["known_accuracy"] > 0.95 and res["auroc"] > 0.95

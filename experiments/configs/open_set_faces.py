@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.gallery = ml_collections.ConfigDict()
   c.gallery.metric = "cosine"     # fsl_jax.openset.Gallery
   c.gallery.mode = "prototype"    # 'prototype' | 'nearest'
-  c.center = True            # subtract the enrolled photos' mean embedding (SimpleShot's CL2N)
+  c.center = "auto"          # 'enrolled' (minus the enrolled mean: SimpleShot's CL2N) | 'none'
+  #                            'auto': 'none' for dlib, 'enrolled' for the registry's backbones
   if "runlocal" in words:
     c.image_size = 64
     c.data.max_people = 12

@@ -232,11 +232,11 @@ def load_variables(model: Pretrained, name: str, path: str | None = None) -> tup
   path, sha = resolve_path(name, path)
   variables = nest(w.read(model.backbone, path, sha))
   return variables, {"weights": os.path.abspath(path),
-                     "weights_sha256": tw.sha256_of(_weight_file(path))[:16],
+                     "weights_sha256": tw.sha256_of(weight_file(path))[:16],
                      "pretrained_on": w.pretrained_on}
 
 
-def _weight_file(path: str) -> str:
+def weight_file(path: str) -> str:
   """The file whose digest identifies the weights at `path` (a folder's weight file)."""
   if not os.path.isdir(path):
     return path

@@ -216,7 +216,7 @@ def backbone_embedder(cfg) -> Embedder:
     path, _ = pretrained.resolve_path(name, cfg.weights or None)
     weights = os.path.abspath(path)
     # The file load_variables reports the digest of (a folder's weight file).
-    digest = torch_weights.sha256_of(pretrained._weight_file(path))[:16]  # pylint: disable=W0212
+    digest = torch_weights.sha256_of(pretrained.weight_file(path))[:16]
   size = cfg.image_size or default or DEFAULT_SIZE
   loaded = {}
 

@@ -115,3 +115,10 @@ def _cub(data_cfg, split: str) -> ClassImages:
   from fsl_jax.data import cub  # pylint: disable=g-import-not-at-top
   return cub.load_cub(split, data_cfg.get("image_size") or 84, data_cfg.get("data_dir") or None,
                       download=bool(data_cfg.get("download", False)), **_image_args(data_cfg))
+
+
+@DATASETS.register("text")
+def _text(data_cfg, split: str) -> ClassImages:
+  """Token ids packed as int32 [C, M, 2, L, 1] "images" (fsl_jax.data.text_episodes)."""
+  from fsl_jax.data import text_episodes  # pylint: disable=g-import-not-at-top
+  return text_episodes.load_split(data_cfg, split)

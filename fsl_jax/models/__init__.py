@@ -41,5 +41,6 @@ from fsl_jax.models import efficientnet  # noqa: E402,F401
 from fsl_jax.models import mobilenet_v3  # noqa: E402,F401
 from fsl_jax.models import resnet  # noqa: E402,F401
 from fsl_jax.models import vit  # noqa: E402,F401
+from fsl_jax.models import text_backbone  # noqa: E402,F401  (bert_text: packed token ids)
 # Last: registers each pretrained weight file's name as a backbone (its input step included).
 from fsl_jax.models import pretrained  # noqa: E402,F401

@@ -74,7 +74,9 @@ class MetaTraining:
     self.learner = builders.make_learner(config)
     # A pretrained backbone's weights to start from ('' none, 'default' or a path).
     self.init_weights = str(config.get("init_weights", "") or "")
-    if self.init_weights:
+    # A backbone that reads its own checkpoints (the text encoder, models.text_backbone).
+    self.own_weights = hasattr(getattr(self.learner, "model", None), "pretrained_variables")
+    if self.init_weights and not self.own_weights:
       from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
       if config.model not in pretrained.WEIGHTS.names():
         raise loop.ConfigError(
@@ -144,8 +146,13 @@ class MetaTraining:
     init_variables = None
     if self.init_weights:
       def init_variables(variables):
-        variables, facts = builders.load_init_weights(learner, variables, config.model,
-                                                      self.init_weights)
+        if self.own_weights:
+          from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top
+          variables, facts = text_backbone.load_init_weights(learner, variables,
+                                                             self.init_weights)
+        else:
+          variables, facts = builders.load_init_weights(learner, variables, config.model,
+                                                        self.init_weights)
         self.harness.meta["init_weights"] = facts
         metrics_lib.log("Backbone initialised from %s (sha256 %s..., pretrained on %s)",
                         facts["weights"], facts["weights_sha256"], facts["pretrained_on"])

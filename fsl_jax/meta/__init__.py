@@ -13,3 +13,4 @@ from fsl_jax.meta import metaopt  # noqa: F401
 from fsl_jax.meta import simpleshot  # noqa: F401
 from fsl_jax.meta import logreg  # noqa: F401
 from fsl_jax.meta import finetune  # noqa: F401
+from fsl_jax.meta import setfit  # noqa: F401

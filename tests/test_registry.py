@@ -75,7 +75,7 @@ def test_build_with_a_bad_option_names_it():
 def test_module_functions_are_the_registries():
   assert meta.names() == meta.LEARNERS.names() == [
       "anil", "baseline", "finetune", "fomaml", "logreg", "maml", "mamlpp", "matchingnet",
-      "metaopt", "metasgd", "protonet", "r2d2", "reptile", "simpleshot"]
+      "metaopt", "metasgd", "protonet", "r2d2", "reptile", "setfit", "simpleshot"]
   assert "conv4" in models.names() and models.names() == models.MODELS.names()
   learner = meta.get("r2d2", model=models.get("conv4", hidden=8), init_lambda=2.0)
   assert isinstance(learner, r2d2.R2D2) and isinstance(learner, meta.MetricLearner)

@@ -23,6 +23,12 @@ from fsl_jax.data.episodes import (EpisodeSampler, EpisodeSpec, check_spec, epis
 from fsl_jax.data.sources import ClassImages, as_float
 
 
+def ci95(accs_E) -> float:
+  """Half-width of the 95% interval of the mean of per-episode accuracies: 1.96 std / sqrt(E)."""
+  accs_E = np.asarray(accs_E, np.float64)
+  return round(float(1.96 * accs_E.std() / math.sqrt(len(accs_E))), 6)
+
+
 def episode_chunk(spec: EpisodeSpec, images_per_chunk: int = 4096) -> int:
   """Episodes evaluated per jitted call, bounding activation memory."""
   return max(1, images_per_chunk // (spec.ways * (spec.shots + spec.queries)))
@@ -135,7 +141,7 @@ class Evaluator:
     return {
         "split": self.split, "ways": self.spec.ways, "shots": self.spec.shots,
         "accuracy": round(float(accs.mean()), 6),
-        "ci95": round(float(1.96 * accs.std() / math.sqrt(len(accs))), 6),
+        "ci95": ci95(accs),
         "episodes": int(len(accs)),
     }
 

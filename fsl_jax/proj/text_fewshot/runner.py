@@ -59,7 +59,7 @@ from fsl_jax.data.episodes import EpisodeSpec, check_spec, episode_indices
 from fsl_jax.data.sources import DataError
 from fsl_jax.proj.text_fewshot import data as data_lib
 from fsl_jax.proj.text_fewshot import encoders, methods
-from fsl_jax.train import loop
+from fsl_jax.train import evaluation, loop
 
 SETTINGS = ("episodic", "generalized")
 # Every key a config may hold (experiments/configs/text_common.py writes them all).
@@ -217,7 +217,7 @@ def episodic(config, splits: data_lib.Splits, embedder: Embedder) -> Iterator[di
            "method": config.method, "ways": spec.ways, "shots": spec.shots,
            "queries": spec.queries, "episodes": len(accs),
            "accuracy": round(float(accs.mean()), 6),
-           "ci95": round(float(1.96 * accs.std() / math.sqrt(len(accs))), 6),
+           "ci95": evaluation.ci95(accs),
            "classes": source.num_classes, "encoder": embedder.display_name,
            "max_length": config.data.max_length, "seed": config.seed,
            "class_split": splits.class_split or None,

@@ -1,8 +1,17 @@
-r"""Few-shot text classification on a frozen pretrained sentence encoder.
+r"""Few-shot text classification on a pretrained sentence encoder.
 
     python -m experiments.text_fewshot \
         --config=experiments/configs/text_fewshot_clinc.py[:runlocal] --workdir=DIR \
-        [--config.method=simpleshot|logreg|nearest_mean] [--config.shots=1,5] ...
+        [--config.method=simpleshot|logreg|nearest_mean|setfit] [--config.shots=1,5] \
+        [--config.encoder=minilm|META_TRAIN_WORKDIR|HF_DIR] ...
+
+simpleshot, logreg and nearest_mean classify frozen embeddings; setfit
+fine-tunes a copy of the encoder on each support set first (Tunstall et al.
+2022; options --config.setfit.iterations=20 etc.; ~3 s per 5-way 1-shot
+episode with MiniLM on 2 CPU cores, so pass a smaller --config.episodes).
+`--config.encoder` may be the workdir of an `experiments.meta_train` run of
+the bert_text backbone (experiments/configs/protonet_text.py): its newest
+checkpoint's encoder, e.g. with nearest_mean (ProtoNet's rule).
 
 Episodic (`--config.setting=episodic`): N-way K-shot episodes over the novel
 classes of a split, one JSON line per (ways, shots) with the mean accuracy

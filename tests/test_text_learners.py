@@ -207,3 +207,27 @@ def test_pretrained_init_and_meta_train_binary(tmp_path):
   assert sum("val_accuracy" in r for r in logged) == 2
   losses = [r["loss"] for r in logged if "loss" in r]
   assert len(losses) == 3 and losses[0] > 1.25 * losses[-1], losses
+  # The trained encoder as experiments.text_fewshot's `encoder` (a run directory): the same
+  # embeddings as the learner's backbone on the same tokens, and a cache identity that only
+  # the checkpoints change.
+  from fsl_jax.proj.text_fewshot import encoders  # pylint: disable=g-import-not-at-top
+  ident = encoders.describe_encoder(str(wd))
+  enc = encoders.load_encoder(str(wd))
+  texts = ["alpha beta gamma delta", "epsilon", "alpha alpha zeta eta theta iota kappa"]
+  emb = encoders.embed_texts(enc, texts, max_length=16)
+  ids = te.words_tokenizer(1000)(texts)
+  ids_BxL, mask_BxL = np.zeros((3, 16), np.int32), np.zeros((3, 16), np.int32)
+  for b, row in enumerate(ids):
+    ids_BxL[b, :len(row)], mask_BxL[b, :len(row)] = row, 1
+  _, learner, variables, _ = restore.load_for_eval(str(wd))
+  ref = learner.model.apply(learner.backbone_variables(variables), tb.pack(ids_BxL, mask_BxL),
+                            train=False)
+  np.testing.assert_allclose(emb, np.asarray(ref), atol=1e-5)
+  with open(wd / "results.jsonl", "a") as f:
+    f.write("{}\n")
+  assert encoders.describe_encoder(str(wd)) == ident
+  image_run = tmp_path / "image_run"
+  image_run.joinpath("checkpoints").mkdir(parents=True)
+  image_run.joinpath("config.json").write_text(json.dumps({"model": "conv4"}))
+  with pytest.raises(ValueError, match="bert_text"):
+    encoders.load_encoder(str(image_run))

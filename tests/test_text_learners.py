@@ -126,6 +126,7 @@ def test_setfit_pairs_and_batches():
     rows, keep = np.asarray(idx[4 * e:4 * e + 4]), np.asarray(w[4 * e:4 * e + 4]) > 0
     np.testing.assert_array_equal(np.sort(rows[keep]), np.arange(50))
   shapes = jax.eval_shape(tiny().init, jax.random.PRNGKey(0), jnp.zeros((1, 2, 4, 1), jnp.int32))
+  assert setfit.frozen_params(tiny(lora_rank=2)) == ["embeddings", "layer_0", "layer_1"]
   mask = setfit.decay_mask(shapes["params"], setfit.frozen_params(tiny(trainable_layers=1)))
   assert not any(jax.tree.leaves(mask["embeddings"])) and not any(jax.tree.leaves(mask["layer_0"]))
   assert mask["layer_1"]["query"] == {"kernel": True, "bias": False}

@@ -131,10 +131,13 @@ def optimizer(lr: float, total_steps: int, warmup_fraction: float = 0.1,
 
 
 def frozen_params(model) -> list[str]:
-  """The top-level param names a text backbone's `trainable_layers` freezes ([] otherwise):
-  zero gradients leave them as they are under Adam, and they are kept out of weight decay."""
+  """The top-level param names a text backbone's `trainable_layers` or LoRA freezes ([] for
+  others): zero gradients leave them as they are under Adam, and they are kept out of weight
+  decay."""
   trainable = getattr(model, "trainable_layers", -1)
   config = getattr(model, "config", None)
+  if getattr(model, "lora_rank", 0) and config is not None:
+    trainable = 0  # LoRA: the whole encoder is frozen, only 'lora' trains
   if trainable is None or trainable < 0 or config is None:
     return []
   from fsl_jax.models import text_backbone  # pylint: disable=g-import-not-at-top

@@ -196,6 +196,26 @@ def finetune(model, variables, support_x, support_y, key: jax.Array, iterations:
   return params, losses_T
 
 
+def check_options(*, iterations, batch_size, epochs, lr, warmup, weight_decay, grad_clip,
+                  min_iterations: int = 1, prefix: str = "setfit ") -> None:
+  """Raises ValueError naming the fix for an out-of-range SetFit option.
+
+  `min_iterations` = 0 lets the learner run as plain LogReg (no fine-tuning);
+  `prefix` names the options as the caller's user writes them ("setfit." in a config).
+  """
+  for name, v, low in (("iterations", iterations, min_iterations),
+                       ("batch_size", batch_size, 1), ("epochs", epochs, 1)):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+      raise ValueError(f"{prefix}{name}={v!r}: use an integer >= {low} (the paper's defaults: "
+                       "iterations 20, batch_size 16, epochs 1).")
+  for name, v in (("lr", lr), ("weight_decay", weight_decay), ("grad_clip", grad_clip)):
+    if not float(v) >= 0:
+      raise ValueError(f"{prefix}{name}={v!r}: use a value >= 0 (SetFit: lr 2e-5, "
+                       "weight_decay 0.01, grad_clip 1.0).")
+  if not 0 <= float(warmup) < 1:
+    raise ValueError(f"{prefix}warmup={warmup!r}: a fraction of the steps in [0, 1).")
+
+
 @base.register("setfit")
 @dataclasses.dataclass(frozen=True)
 class SetFit(logreg.LogReg):
@@ -215,18 +235,9 @@ class SetFit(logreg.LogReg):
 
   def __post_init__(self):
     super().__post_init__()
-    for name in ("iterations", "batch_size", "epochs"):
-      v = getattr(self, name)
-      low = 0 if name == "iterations" else 1
-      if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ValueError(f"setfit {name}={v!r}: use an integer >= {low} (the paper's "
-                         "defaults: iterations 20, batch_size 16, epochs 1).")
-    if not self.lr >= 0:
-      raise ValueError(f"setfit lr={self.lr}: use a rate >= 0 (2e-5 in SetFit).")
-    if not 0 <= self.warmup < 1:
-      raise ValueError(f"setfit warmup={self.warmup}: a fraction of the steps in [0, 1).")
-    if not self.weight_decay >= 0 or not self.grad_clip >= 0:
-      raise ValueError("setfit weight_decay and grad_clip must be >= 0.")
+    check_options(iterations=self.iterations, batch_size=self.batch_size, epochs=self.epochs,
+                  lr=self.lr, warmup=self.warmup, weight_decay=self.weight_decay,
+                  grad_clip=self.grad_clip, min_iterations=0)
 
   def finetuned_variables(self, variables, support_x, support_y, key):
     """`variables` with the backbone's params fine-tuned on one support set."""

@@ -50,27 +50,13 @@ def check_options(options: dict) -> dict:
   if unknown:
     raise ValueError(f"Unknown SetFit options {unknown}; use {sorted(SETFIT_DEFAULTS)}.")
   opts = {**SETFIT_DEFAULTS, **options}
-  for name in ("iterations", "batch_size", "epochs"):
-    v = opts[name]
-    low = 1
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-      raise ValueError(f"setfit.{name}={v!r}: use an integer >= {low} (SetFit's defaults: "
-                       "iterations 20, batch_size 16, epochs 1).")
-  for name in ("lr", "weight_decay", "grad_clip"):
-    if not float(opts[name]) >= 0:
-      raise ValueError(f"setfit.{name}={opts[name]!r}: use a value >= 0.")
-  if not 0 <= float(opts["warmup"]) < 1:
-    raise ValueError(f"setfit.warmup={opts['warmup']!r}: a fraction of the steps in [0, 1).")
+  setfit.check_options(**opts, prefix="setfit.")
   return opts
 
 
 def pack(ids: Sequence[Sequence[int]], width: int, pad: int) -> jax.Array:
   """Token id lists -> the packed int32 [B, 2, width, 1] of `text_backbone.pack`."""
-  ids_BxT = np.full((len(ids), width), pad, np.int32)
-  mask_BxT = np.zeros((len(ids), width), np.int32)
-  for b, row in enumerate(ids):
-    ids_BxT[b, :len(row)] = row
-    mask_BxT[b, :len(row)] = 1
+  ids_BxT, mask_BxT = encoders.pad_ids(ids, width, pad)
   return text_backbone.pack(jnp.asarray(ids_BxT), jnp.asarray(mask_BxT))
 
 

@@ -197,6 +197,23 @@ def bucket(width: int, max_length: int) -> int:
   return min(max(step, -(-width // step) * step), max(width, max_length))
 
 
+def pad_ids(ids: Sequence[Sequence[int]], width: int, pad: int, rows: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """Token id lists -> int32 ids [rows, width] (`pad` after each list) and its 0/1 mask.
+
+  Rows past len(ids) (rows > len(ids): a fixed batch shape) hold one masked-in pad token, so
+  every row has a defined pooled embedding; callers discard them.
+  """
+  rows = len(ids) if rows is None else rows
+  ids_BxT = np.full((rows, width), pad, np.int32)
+  mask_BxT = np.zeros((rows, width), np.int32)
+  for b, row in enumerate(ids):
+    ids_BxT[b, :len(row)] = row
+    mask_BxT[b, :len(row)] = 1
+  mask_BxT[len(ids):, 0] = 1
+  return ids_BxT, mask_BxT
+
+
 def embed_texts(encoder: Encoder, texts: Sequence[str], max_length: int,
                 batch_size: int = 64) -> np.ndarray:
   """[N, D] float32 sentence embeddings of `texts` (in their order), truncated at
@@ -214,12 +231,7 @@ def embed_texts(encoder: Encoder, texts: Sequence[str], max_length: int,
   for start in range(0, len(order), batch_size):
     rows = order[start:start + batch_size]
     width = bucket(int(lengths[rows].max()), max_length)
-    ids_BxT = np.full((batch_size, width), pad, np.int32)
-    mask_BxT = np.zeros((batch_size, width), np.int32)
-    for b, r in enumerate(rows):
-      ids_BxT[b, :lengths[r]] = ids[r]
-      mask_BxT[b, :lengths[r]] = 1
-    mask_BxT[len(rows):, 0] = 1  # filler rows: one token, discarded
+    ids_BxT, mask_BxT = pad_ids([ids[r] for r in rows], width, pad, rows=batch_size)
     emb_BxD = bert.encode(encoder.config, encoder.params, ids_BxT, mask_BxT)
     out[rows] = np.asarray(emb_BxD)[:len(rows)]
   return out

@@ -15,13 +15,19 @@ import pytest
 # Tests run on CPU with tiny shapes; keep XLA from grabbing every core twice
 # over when pytest-xdist runs two workers.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests compile far more than they run: LLVM's optimisations at level 0 cut
-# XLA's CPU compile times by about a third (13.9 -> 8.8 s for the MAML
-# runlocal step) for a slower run of tiny programs. XLA's HLO passes (fusion,
-# layout) still run, so the programs tested are the ones that train.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_backend_optimization_level=0").strip()
+# Tests compile far more than they run, so two XLA CPU options trade a slower
+# run of tiny programs for shorter compilations (the programs tested are the
+# ones that train: XLA's HLO passes -- fusion, layout -- still run):
+# - LLVM's optimisations at level 0: about a third off (13.9 -> 8.8 s for the
+#   MAML runlocal step);
+# - the older elemental fusion emitters instead of XLA:CPU's MLIR fusion
+#   emitters (--xla_cpu_use_fusion_emitters=false): MAML's vmapped and looped
+#   train steps 11.8-15.7 -> 6.4-8.0 s, and tests/test_backbones.py,
+#   test_layers.py and test_metric_learners.py together 139 -> 89 s (-n 2) on
+#   the 2-core CPU (2026-12-03).
+for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 _CACHE = "JAX_COMPILATION_CACHE_DIR"
 _DATA_CACHE = "FSL_JAX_CACHE_DIR"
@@ -40,6 +46,11 @@ def pytest_configure(config):
   if _CACHE not in os.environ:
     os.environ[_CACHE] = tempfile.mkdtemp(prefix="fsl_jax_xla_cache_")
     config._fsl_jax_cache = os.environ[_CACHE]  # pylint: disable=protected-access
+  # Every compilation, not only those over JAX's default 1 s: at the test
+  # shapes most compile in under a second and are compiled again by the next
+  # process (a rerun after a kill, a binary's subprocess). tests/test_binaries.py
+  # and test_harness.py: 218 -> 187 s (-n 2, 2-core CPU, 2026-12-03).
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def pytest_unconfigure(config):

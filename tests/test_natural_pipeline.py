@@ -49,7 +49,10 @@ def test_uint8_split_gives_float_episodes_of_the_same_pixels():
     (True, "flip_lr|cutout(4)", "support"),
     (False, "random_resized_crop(12, scale=(0.5, 1.0))|color_jitter(0.4, 0.4, 0.4, 0.1)", "both"),
 ])
-def test_host_path_draws_exactly_the_device_episodes(rotations, spec_text, on):
+def test_host_path_draws_exactly_the_device_episodes(rotations, spec_text, on, production_xla):
+  if not production_xla.here:  # bit-exact under users' XLA flags (conftest.ProductionXla)
+    production_xla.rerun()
+    return
   src = _uint8_source()
   spec = episodes.EpisodeSpec(5, 1, 2)
   aug = augment.parse(spec_text)
@@ -115,7 +118,7 @@ def _folder(root: pathlib.Path, classes=8, per_class=6, size=20):
   return root
 
 
-def _meta_train(workdir, data, *extra):
+def _meta_train(workdir, data, *extra, env=None):
   args = [sys.executable, "-m", "experiments.meta_train",
           "--config=experiments/configs/protonet_omniglot.py:runlocal", f"--workdir={workdir}",
           "--config.data.name=image_folder", f"--config.data.train_dir={data}",
@@ -124,17 +127,18 @@ def _meta_train(workdir, data, *extra):
           "--config.train.ways=3", "--config.eval.ways=3", "--config.eval.queries=2",
           "--config.train.queries=2", *extra]
   proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        env=env or {**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()], proc
 
 
-def test_training_on_the_host_path_matches_the_device_path(tmp_path):
+def test_training_on_the_host_path_matches_the_device_path(tmp_path, production_xla):
   data = _folder(tmp_path / "data")
   aug = "--config.train.augment=flip_lr|random_crop(16, padding=2)"
-  dev, proc = _meta_train(tmp_path / "dev", data, aug, "--config.data.placement=device")
+  env = production_xla.env()  # bit-exact under users' XLA flags (conftest.ProductionXla)
+  dev, proc = _meta_train(tmp_path / "dev", data, aug, "--config.data.placement=device", env=env)
   assert "on the device" in proc.stderr
-  host, proc = _meta_train(tmp_path / "host", data, aug, "--config.data.placement=host")
+  host, proc = _meta_train(tmp_path / "host", data, aug, "--config.data.placement=host", env=env)
   assert "on the host" in proc.stderr
   drop = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in rows]
   assert drop(dev) == drop(host) and any("loss" in r for r in dev)

@@ -26,6 +26,10 @@ References (`reference` in the line):
   tests/test_vit.py compares. transformers' default attention
   implementation (`torch_attention`, usually sdpa).
 
+On a GPU, `--torch_device=cuda` puts the reference there too (both sides
+at their frameworks' default float32 matmul/convolution precision, so the
+feature difference is larger there than on the CPU).
+
 Ours: `models.get(name)` (features only), `train=False`, float32, NHWC,
 variables on the device, `jax.jit` + `block_until_ready`. Torch: NCHW
 contiguous, eval(), `torch.inference_mode()`, `--threads` threads (0: the
@@ -62,6 +66,8 @@ flags.DEFINE_integer("steps", 3, "Timed passes per round.")
 flags.DEFINE_integer("rounds", 3, "")
 flags.DEFINE_integer("threads", 0, "torch threads (0: the machine's cores).")
 flags.DEFINE_integer("seed", 0, "Of the random weights and inputs.")
+flags.DEFINE_string("torch_device", "cpu", "Where the torch reference runs: cpu, or cuda when "
+                    "ours runs on a GPU (then each timed pass ends in torch.cuda.synchronize()).")
 
 # transformers configs of the ViT presets (fsl_jax/models/vit.py PRESETS), written out.
 _VIT_S = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6)
@@ -81,7 +87,7 @@ _CNN_HEADS = {"mobilenet_v2": "classifier", "mobilenet_v3_small": "classifier",
 
 
 def _numpy_state_dict(net):
-  return {k: v.detach().numpy() for k, v in net.state_dict().items()}
+  return {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
 
 
 def _cnn(name, model, seed):
@@ -108,6 +114,7 @@ def _cnn(name, model, seed):
     net, weights = torch_backbones.build(name, seed=seed), "random"
   variables = convert(_numpy_state_dict(net), model)
   setattr(net, _CNN_HEADS[name], torch.nn.Identity())
+  net.to(FLAGS.torch_device)
   return (lambda x: net(x)[0]), variables, {"reference": reference, "weights": weights}
 
 
@@ -129,6 +136,7 @@ def _vit(name, model, seed):
         p.add_(0.1 * torch.randn_like(p))
   net.eval()
   variables = vit.variables_from_hf(net.state_dict(), model, kind)
+  net.to(FLAGS.torch_device)
   kw = {} if kind == "dinov2" else {"interpolate_pos_encoding": True}
 
   def features(x):
@@ -152,14 +160,16 @@ def bench(name: str) -> dict:
   variables = jax.device_put(variables)
   setup_s = time.perf_counter() - t0
   x = np.random.default_rng(FLAGS.seed).normal(size=(b, s, s, 3)).astype(np.float32)
-  xj, xt = jnp.asarray(x), torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+  xj = jnp.asarray(x)
+  xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(FLAGS.torch_device)
+  sync = torch.cuda.synchronize if FLAGS.torch_device.startswith("cuda") else (lambda: None)
   fwd = jax.jit(lambda v, a: model.apply(v, a, train=False))
 
   t0 = time.perf_counter()
   got = np.asarray(jax.block_until_ready(fwd(variables, xj)))
   compile_s = time.perf_counter() - t0
   with torch.inference_mode():
-    want = torch_fn(xt).numpy()
+    want = torch_fn(xt).cpu().numpy()
   if got.shape != want.shape:
     raise AssertionError(f"{name}: features {got.shape} (ours) against {want.shape} (torch).")
   diff, scale = float(np.abs(got - want).max()), float(np.abs(want).max())
@@ -169,6 +179,7 @@ def bench(name: str) -> dict:
   def torch_fwd():
     with torch.inference_mode():
       torch_fn(xt)
+    sync()
 
   rows = {"jax": [], "torch": []}
   for r in range(FLAGS.rounds):
@@ -184,7 +195,8 @@ def bench(name: str) -> dict:
       "max_abs_feature": scale, "max_rel_diff": diff / scale if scale else diff,
       "feature_dim": int(got.shape[-1]), **info, "jax_compile_s": round(compile_s, 2),
       "setup_s": round(setup_s, 2), "torch_threads": torch.get_num_threads(),
-      "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "steps": FLAGS.steps,
+      "backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
+      "torch_device": str(xt.device), "cpu_count": os.cpu_count(), "steps": FLAGS.steps,
       "rounds": FLAGS.rounds}
 
 

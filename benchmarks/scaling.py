@@ -74,13 +74,15 @@ def main(argv):
     path = os.path.join(FLAGS.out, "scaling.jsonl")
     with open(path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
-    sys.path.insert(0, ROOT)
-    from experiments import plot  # pylint: disable=g-import-not-at-top
+    # The chart by the plotting binary (its flags would clash with these if imported).
     kind = "simulated CPU devices" if not FLAGS.real else rows[0]["devices"].split("x ", 1)[-1]
-    written = plot.speed_chart(rows, os.path.join(FLAGS.out, "scaling_speed"),
-                               ["episodes_per_s"], "num_devices", ["algo", "model"],
-                               title=f"episodes/s against devices ({kind})")
-    print(json.dumps({"wrote": [path, *written]}), flush=True)
+    proc = subprocess.run([sys.executable, "-m", "experiments.plot", "speed", f"--input={path}",
+                           "--y=episodes_per_s", "--x=num_devices", "--label=algo,model",
+                           f"--title=episodes/s against devices ({kind})"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+      raise RuntimeError(f"experiments.plot failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    print(json.dumps({"wrote": [path, *proc.stdout.split()]}), flush=True)
 
 
 if __name__ == "__main__":

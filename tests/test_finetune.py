@@ -84,6 +84,29 @@ def test_evaluator_fine_tunes_each_episode():
   assert res == again and res["episodes"] == 4 and 0.0 <= res["accuracy"] <= 1.0
 
 
+def test_evaluator_bounds_the_fine_tunings_it_vmaps(monkeypatch):
+  # On a GPU (one chunk of episodes, vmapped) 20 ViT-S/16 5-shot fine-tunings
+  # at once asked an H200 for 93 GiB: the evaluator caps them at 256 support
+  # images (with their augmented copies, 2 x 5 x 5 per episode: 5 episodes).
+  rng = np.random.default_rng(0)
+  src = ClassImages((rng.random((6, 6, 16, 16, 3)) * 255).astype(np.uint8),
+                    np.full(6, 6, np.int32), [str(i) for i in range(6)])
+  learner = _learner(lr=0.05, steps=2)
+  spec = EpisodeSpec(5, 5, 1)
+  assert learner.eval_episodes_per_call(spec) == 5
+  variables = learner.init(jax.random.PRNGKey(0), _episode(ways=5, shots=5, queries=1))
+  monkeypatch.setattr(meta.base.jax, "default_backend", lambda: "gpu")
+  capped = evaluation.Evaluator(learner, src, spec, episodes=12, seed=2, batching="vmap")
+  assert capped.vmapped_episodes == 5
+  looped = evaluation.Evaluator(learner, src, spec, episodes=12, seed=2, batching="map")
+  assert looped.vmapped_episodes == 1
+  assert capped(variables) == looped(variables)
+  # A learner without the cap vmaps the whole chunk there.
+  proto = meta.get("protonet", model=learner.model)
+  assert evaluation.Evaluator(proto, src, spec, episodes=12, batching="vmap",
+                              embed_once=False).vmapped_episodes == 12
+
+
 def test_bad_options_are_refused():
   with pytest.raises(ValueError, match="steps=-1"):
     _learner(steps=-1)

@@ -264,3 +264,22 @@ def test_speed_chart(tmp_path):
   assert "protonet" in svg and "maml" in svg  # one line each, in the legend
   bars = binary("experiments.plot", "speed", f"--input={bench}", f"--out={tmp_path / 'bars'}")
   assert all(pathlib.Path(p).stat().st_size > 2000 for p in bars.stdout.split())
+
+
+def test_scaling_benchmark_prints_rows_and_draws_its_chart(tmp_path):
+  # benchmarks/scaling.py times meta_step.py per device count and hands its
+  # rows to `experiments.plot speed` (imported, the two binaries' --out flags
+  # clashed: the H200 run of 2026-12-04 lost its chart to that).
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/scaling.py", "--devices=1", f"--out={tmp_path}", "--",
+       "--ways=2", "--shots=1", "--queries=1", "--meta_batch=1", "--steps=1", "--classes=4",
+       "--per_class=2"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert lines[0]["num_devices"] == 1 and lines[0]["episodes_per_s"] > 0
+  assert lines[0]["simulated"] and lines[0]["speedup"] == 1.0
+  wrote = lines[-1]["wrote"]
+  assert [pathlib.Path(p).name for p in wrote] == ["scaling.jsonl", "scaling_speed.png",
+                                                   "scaling_speed.svg"]
+  assert all(pathlib.Path(p).stat().st_size > 300 for p in wrote)

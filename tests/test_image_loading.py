@@ -152,6 +152,37 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning(tmp_path, cache_dir, caplog
   assert isinstance(healed.images, np.memmap)
 
 
+def _makes_holes(directory) -> bool:
+  """Whether this filesystem stores a file's unwritten range as a hole (most do)."""
+  probe = directory / "probe"
+  with open(probe, "wb") as f:
+    f.seek(1 << 22)
+    f.write(b"x")
+  holes = probe.stat().st_blocks * 512 < 1 << 21
+  probe.unlink()
+  return holes
+
+
+def test_padding_slots_cost_no_disk(tmp_path, cache_dir):
+  # One large class pads every other one to its size (LFW at 224: 12.6 GB of
+  # [C, M] slots for 0.65 GB of photos); the cache writes the real images only.
+  root = _folder(tmp_path / "data", sizes=((60, 60),) * 4, per_class=2)
+  rng = np.random.default_rng(1)
+  for i in range(2, 30):
+    (root / "class0" / f"{i}.jpg").write_bytes(_jpeg(_photo(rng, 60, 60)))
+  fresh = folders.load_image_folder(str(root), image_size=64)
+  assert list(fresh.counts) == [30, 2, 2, 2] and fresh.images.shape[:2] == (4, 30)
+  cache.wait()
+  warm = folders.load_image_folder(str(root), image_size=64)
+  assert isinstance(warm.images, np.memmap)
+  np.testing.assert_array_equal(warm.images, fresh.images)  # padding reads back as zeros
+  npy = next(cache_dir.glob("*.npy"))
+  real = 36 * 64 * 64 * 3
+  assert npy.stat().st_size > 3 * real  # the [4, 30] array's apparent size
+  if _makes_holes(cache_dir):
+    assert npy.stat().st_blocks * 512 < real + (1 << 17)  # what is on disk: ~the 36 images
+
+
 def test_a_zip_is_cached_until_it_changes(tmp_path, cache_dir, capsys):
   root = _folder(tmp_path / "data", per_class=2)
   zpath = tmp_path / "data.zip"

@@ -7,13 +7,19 @@ returns `build()`'s `ClassImages` and writes it to
     <cache dir>/<name>-<hash of fingerprint>.npy   (images [C, M, H, W, D])
     <cache dir>/<name>-<hash of fingerprint>.json  (counts, names, checksum)
 
+Only each class's real images are written: the padding slots of classes
+with fewer than M images are left as holes of a sparse file (zeros when
+read), so a split with one large class costs the disk what its images do
+(LFW at 224x224: 158 people padded to George_W_Bush's 530 photos is a
+12.6 GB array of 0.65 GB of images).
+
 or, when both files are there and whole, reads them back instead. The
 fingerprint is whatever identifies the result: for a folder, the file list
 with each file's size and modification time and the image size, so a
 changed, added or removed file (or another size) is a different entry. The
 json is written last and holds the array's shape, dtype and checksum (xxHash
-XXH3-64 of every byte: 1.6 ms for NEU-DET's 28 MB where zlib's CRC-32 took
-7.7, the largest part of a warm load), so a
+XXH3-64 of every real image's bytes, class by class: 1.6 ms for NEU-DET's
+28 MB where zlib's CRC-32 took 7.7, the largest part of a warm load), so a
 truncated or corrupt entry is detected, reported in one warning line and
 rebuilt, never trusted. Older entries of the same name are removed when a
 new one is written.
@@ -41,7 +47,7 @@ import xxhash
 from fsl_jax.data.sources import ClassImages
 
 # Bumped when the decoding or the entry format changes, so old entries are never read.
-FORMAT = 2  # 2: XXH3-64 checksum (1: CRC-32)
+FORMAT = 3  # 3: real images only, sparse padding (2: XXH3-64 of every byte; 1: CRC-32)
 
 
 def say(msg: str, *args) -> None:
@@ -62,13 +68,15 @@ def slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[-80:] or "data"
 
 
-def _checksum(images: np.ndarray) -> str:
-  """XXH3-64 of the array's bytes in C order, as hex."""
+def _checksum(images: np.ndarray, counts: np.ndarray) -> str:
+  """XXH3-64 of the real images' bytes (class c's first counts[c]) in C order, as hex."""
   h = xxhash.xxh3_64()
-  flat = images.reshape(-1).view(np.uint8) if images.size else images.reshape(-1)
   step = 1 << 26
-  for i in range(0, flat.size, step):
-    h.update(np.ascontiguousarray(flat[i:i + step]))
+  for c, n in enumerate(np.asarray(counts)):
+    real = images[c, :int(n)]
+    flat = real.reshape(-1).view(np.uint8) if real.size else real.reshape(-1)
+    for i in range(0, flat.size, step):
+      h.update(np.ascontiguousarray(flat[i:i + step]))
   return h.hexdigest()
 
 
@@ -83,7 +91,8 @@ def _read(stem: str) -> ClassImages | None:
     problem = None
     if list(images.shape) != meta["shape"] or str(images.dtype) != meta["dtype"]:
       problem = f"array {images.shape} {images.dtype}, expected {meta['shape']} {meta['dtype']}"
-    elif meta.get("format") != FORMAT or _checksum(images) != meta["xxh3_64"]:
+    elif (meta.get("format") != FORMAT or len(meta["counts"]) != images.shape[0]
+          or _checksum(images, meta["counts"]) != meta["xxh3_64"]):
       problem = "checksum mismatch"
     if problem is None:
       return ClassImages(images, np.asarray(meta["counts"], np.int32), meta["class_names"],
@@ -97,17 +106,23 @@ def _read(stem: str) -> ClassImages | None:
 def _write(stem: str, src: ClassImages, fingerprint_hash: str) -> None:
   directory = os.path.dirname(stem)
   os.makedirs(directory, exist_ok=True)
-  images = np.ascontiguousarray(src.images)
+  images, counts = src.images, np.asarray(src.counts)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npy.tmp")
+  os.close(fd)
   try:
-    with os.fdopen(fd, "wb") as f:
-      np.save(f, images)
+    # open_memmap sizes the file by seeking to its end: what is never written
+    # (the padding slots) stays a hole, read back as zeros.
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=images.dtype, shape=images.shape)
+    for c, n in enumerate(counts):
+      out[c, :int(n)] = images[c, :int(n)]
+    out.flush()
+    del out
     os.replace(tmp, stem + ".npy")
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
   meta = {"format": FORMAT, "fingerprint": fingerprint_hash, "shape": list(images.shape),
-          "dtype": str(images.dtype), "xxh3_64": _checksum(images),
+          "dtype": str(images.dtype), "xxh3_64": _checksum(images, counts),
           "counts": [int(c) for c in src.counts], "class_names": list(src.class_names),
           "groups": None if src.groups is None else list(src.groups)}
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json.tmp")
@@ -178,8 +193,9 @@ def _write_entry(where: str, name: str, stem: str, src: ClassImages, digest: str
   try:
     _write(stem, src, digest)
     _prune(where, name, stem)
-    say("Wrote the decoded-array cache %s.npy (%.0f MB; FSL_JAX_NO_CACHE=1 turns it off)",
-        stem, src.images.nbytes / 2**20)
+    real = int(np.sum(src.counts)) * int(np.prod(src.images.shape[2:])) * src.images.itemsize
+    say("Wrote the decoded-array cache %s.npy (%.0f MB of images; FSL_JAX_NO_CACHE=1 turns it "
+        "off)", stem, real / 2**20)
   except OSError as err:  # a read-only or full disk costs the next run a decode, nothing else
     logging.warning("Could not write the decoded-array cache in %s (%s); set "
                     "config.data.cache_dir or FSL_JAX_CACHE_DIR to a writable folder.", where,

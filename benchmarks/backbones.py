@@ -36,7 +36,8 @@ contiguous, eval(), `torch.inference_mode()`, `--threads` threads (0: the
 machine's cores). Each round times `--steps` passes of each side after one
 untimed pass, alternating which goes first; medians over `--rounds`.
 `ratio_jax_over_torch` is images/s ours over images/s torch (> 1: we are
-faster).
+faster). `--profile` adds one profiled forward of each side to the line:
+ours per XLA instruction and per kind, torch's per aten op.
 """
 
 import gc
@@ -50,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import profiling
 import timing
 
 from fsl_jax import models
@@ -66,6 +68,8 @@ flags.DEFINE_integer("steps", 3, "Timed passes per round.")
 flags.DEFINE_integer("rounds", 3, "")
 flags.DEFINE_integer("threads", 0, "torch threads (0: the machine's cores).")
 flags.DEFINE_integer("seed", 0, "Of the random weights and inputs.")
+flags.DEFINE_bool("profile", False, "Also one profiled forward of each side: time per kind of "
+                  "operation and the largest operations (benchmarks/profiling.py).")
 flags.DEFINE_string("torch_device", "cpu", "Where the torch reference runs: cpu, or cuda when "
                     "ours runs on a GPU (then each timed pass ends in torch.cuda.synchronize()).")
 
@@ -187,6 +191,11 @@ def bench(name: str) -> dict:
     for side, fn in (order if r % 2 == 0 else order[::-1]):
       rows[side].append(timing.mean_ms(fn, FLAGS.steps))
   jax_ms, torch_ms = (float(np.median(rows[k])) for k in ("jax", "torch"))
+  profile = {}
+  if FLAGS.profile:
+    profile = {"jax_profile": profiling.jax_profile(jax_fwd,
+                                                    fwd.lower(variables, xj).compile().as_text()),
+               "torch_profile": profiling.torch_profile(torch_fwd)}
   return {
       "model": name, "batch": b, "image_size": s, "jax_ms": round(jax_ms, 1),
       "torch_ms": round(torch_ms, 1), "jax_images_per_s": round(b / jax_ms * 1e3, 1),
@@ -197,7 +206,7 @@ def bench(name: str) -> dict:
       "setup_s": round(setup_s, 2), "torch_threads": torch.get_num_threads(),
       "backend": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
       "torch_device": str(xt.device), "cpu_count": os.cpu_count(), "steps": FLAGS.steps,
-      "rounds": FLAGS.rounds}
+      "rounds": FLAGS.rounds, **profile}
 
 
 def main(argv):

@@ -93,6 +93,20 @@ def test_strided_convolution_is_the_same_on_every_path(size, k):
   # ... the stride-1 convolution at every other position.
   np.testing.assert_allclose(np.asarray(got), np.asarray(layers._conv(x, w))[:, ::2, ::2],
                              rtol=1e-5, atol=1e-5)
+  # The CPU path (XLA's forward, im2col's VJP): the same value and gradients
+  # as XLA's own strided convolution, to first and second order.
+  np.testing.assert_allclose(np.asarray(layers.conv_strided(x, w, 2)), np.asarray(got),
+                             rtol=1e-5, atol=1e-5)
+  g = jnp.asarray(rng.normal(size=got.shape), jnp.float32)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * g) + jnp.sum(f(x, w) ** 2) * 0.1
+  ours = jax.grad(loss(lambda x, w: layers.conv_strided(x, w, 2)), argnums=(0, 1))(x, w)
+  want = jax.grad(loss(lambda x, w: layers._conv_strided(x, w, 2)), argnums=(0, 1))(x, w)
+  for a, b in zip(ours, want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  hess = lambda f: jax.grad(lambda w: jnp.sum(jax.grad(loss(f))(x, w) ** 2))(w)
+  np.testing.assert_allclose(np.asarray(hess(lambda x, w: layers.conv_strided(x, w, 2))),
+                             np.asarray(hess(lambda x, w: layers._conv_strided(x, w, 2))),
+                             rtol=1e-4, atol=1e-3)
 
 
 # ------------------------------------------------------------ real shapes

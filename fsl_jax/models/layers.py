@@ -16,7 +16,8 @@ custom VJP built from operations XLA runs fast on CPU:
 have fast convolution gradients and the native ones vmap into grouped convs).
 The parameters are those of `flax.linen.Conv` (kernel [k, k, C, O], bias [O]).
 A strided convolution pads k // 2 on every side (PyTorch's `padding=k // 2`)
-and runs as strided im2col on CPU (only strided patches are multiplied).
+and on CPU keeps XLA's forward with the VJP of a strided im2col matmul (only
+strided patches are multiplied); `impl='im2col'` runs it as that matmul.
 
 Also here: `batch_norm` (BatchNorm or MAML++'s per-step `StepBatchNorm`, as
 every backbone builds it), DropBlock (Ghiasi et al., 2018) and
@@ -89,6 +90,31 @@ def _conv_strided(x, w, stride: int):
   p = w.shape[0] // 2
   return jax.lax.conv_general_dilated(x, w, (stride, stride), ((p, p), (p, p)),
                                       dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_strided(x_BxHxWxC, w_KxKxCxO, stride: int):
+  """A strided convolution (padding k // 2): XLA's forward, the im2col matmuls' VJP.
+
+  XLA's CPU forward beats the strided im2col's (whose patch gather is a large
+  concatenate: ResNet-18's 7x7 stem at 224x224 copies 49 slices of the
+  image), while im2col's gradients are the fast ones; a frozen backbone
+  (feature extraction, SimpleShot) runs the forward alone.
+  """
+  return _conv_strided(x_BxHxWxC, w_KxKxCxO, stride)
+
+
+def _conv_strided_fwd(x, w, stride):
+  return _conv_strided(x, w, stride), (x, w)
+
+
+def _conv_strided_bwd(stride, res, g):
+  x, w = res
+  _, vjp = jax.vjp(functools.partial(conv_im2col, stride=stride), x, w)
+  return vjp(g)
+
+
+conv_strided.defvjp(_conv_strided_fwd, _conv_strided_bwd)
 
 
 @jax.custom_vjp
@@ -174,7 +200,9 @@ class Conv(nn.Module):
       fn = {"cpu": conv_same, "im2col": conv_im2col, "xla": _conv}[impl]
     elif impl == "xla":
       fn = functools.partial(_conv_strided, stride=self.strides)
-    else:  # strided patches: the matmul's gradients are fast on CPU
+    elif impl == "cpu":  # XLA's forward, the strided im2col matmuls' fast gradients
+      fn = functools.partial(conv_strided, stride=self.strides)
+    else:  # strided patches only (vmapped per-task weights: batched matmuls)
       fn = functools.partial(conv_im2col, stride=self.strides)
     y = fn(x, kernel.astype(x.dtype))
     if self.use_bias:

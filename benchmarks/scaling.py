@@ -71,7 +71,7 @@ def main(argv):
     print(json.dumps(row), flush=True)
   if FLAGS.out:
     os.makedirs(FLAGS.out, exist_ok=True)
-    path = os.path.join(FLAGS.out, "scaling.jsonl")
+    path = os.path.abspath(os.path.join(FLAGS.out, "scaling.jsonl"))  # the plot runs in ROOT
     with open(path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)
     # The chart by the plotting binary (its flags would clash with these if imported).

@@ -301,17 +301,14 @@ def decode_files(files: list[ImageFile], size: int, grayscale: bool = False,
     workers = 2 * cores
   chunk = 64  # one task per 64 files (Executor.map ignores chunksize for threads)
   pending = collections.deque()  # (lo, future); at most 2 * workers chunks in flight
-  quiet_fork = contextlib.nullcontext()
-  if processes:
-    # JAX warns at every fork once its backend runs ("...will likely lead to a
-    # deadlock"): a fork copies no threads, and the children only decode with
-    # Pillow and NumPy and never call JAX, as torch's DataLoader workers do.
-    quiet_fork = warnings.catch_warnings()
-  with pool, quiet_fork, tqdm.tqdm(total=len(files), desc=desc or "decoding images", unit="img",
-                                   delay=5, mininterval=2, leave=False) as bar:
-    if processes:
-      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
-                              category=RuntimeWarning)
+  # JAX warns at every fork once its backend runs ("...will likely lead to a
+  # deadlock"): a fork copies no threads, and the children only decode with
+  # Pillow and NumPy and never call JAX, as torch's DataLoader workers do.
+  bar = tqdm.tqdm(total=len(files), desc=desc or "decoding images", unit="img", delay=5,
+                  mininterval=2, leave=False)
+  with pool, warnings.catch_warnings(), bar:
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                            category=RuntimeWarning)
 
     def drain():
       lo, future = pending.popleft()

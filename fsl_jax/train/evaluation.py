@@ -76,7 +76,8 @@ class Evaluator:
     cap = getattr(learner, "eval_episodes_per_call", None)
     if mode == "vmap" and cap is not None:
       cap = max(1, int(cap(spec)))
-      size = 0 if cap >= chunk and not size else min(size or cap, cap)
+      if cap < (size or chunk):  # size 0: the whole chunk at once
+        size = cap
     # Episodes evaluated side by side (vmapped) in one step of the loop.
     self.vmapped_episodes = 1 if mode == "map" else size or chunk
 
